@@ -1,0 +1,121 @@
+"""The `harness` command (also `python -m harness`). Exit codes: 0 ok, 2 bad input, 1 a failed run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from .errors import BadInput
+
+QUICKSTART_OUTPUT = "outputs/quickstart"
+
+
+def _table(title: str, rows: list[tuple[str, str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
+
+
+def _summary_rows(record) -> list[tuple[str, str]]:
+    m = record.metrics
+    rows = [("method", f"{record.method} {record.method_params}"),
+            ("train pairs", str(record.dataset.get("train_examples"))),
+            ("first / final train loss", f"{m['first_train_loss']:.4f} / {m['final_train_loss']:.4f}")]
+    if "win_rate" in m:
+        rows += [(f"win rate vs SFT ({m['judge']}, {m['num_prompts']} prompts)",
+                  f"{m['win_rate']:.3f} [{m['win_rate_low']:.3f}, {m['win_rate_high']:.3f}]  "
+                  f"W/T/L {m['wins']}/{m['ties']}/{m['losses']}")]
+        if "gold_reward" in m:
+            rows += [("gold reward: SFT -> policy", f"{m['gold_reward_sft']:.3f} -> {m['gold_reward']:.3f}")]
+        rows += [("KL(policy || SFT), nats", f"{m['kl_to_sft']:.3f}"),
+                 ("mean length: SFT -> policy (tokens)", f"{m['mean_length_sft']:.1f} -> {m['mean_length']:.1f}"),
+                 ("distinct-2: SFT -> policy", f"{m['distinct_2_sft']:.3f} -> {m['distinct_2']:.3f}")]
+    rows += [("wall time", f"{m['wall_time_s']:.1f} s"), ("run record", f"{record.output_dir}/record.json")]
+    return rows
+
+
+def cmd_train(args) -> int:
+    from . import pipeline
+    from .config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    record = pipeline.train(cfg)
+    _table(f"run {record.trial_id}", _summary_rows(record))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from . import pipeline
+    from .config import load_config
+
+    if args.spec:
+        raise BadInput(f"sweep specs are not supported yet: {args.spec}")
+    cfg = load_config(None, [f"output_dir={QUICKSTART_OUTPUT}/dpo", "name=quickstart", *args.overrides])
+    record = pipeline.train(cfg)
+    _table("quickstart: SFT -> DPO -> eval on the embedded task", _summary_rows(record))
+    return 0
+
+
+def cmd_methods(args) -> int:
+    import methods
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="methods")
+    for column in ("method", "facts", "parameter", "default", "sweep", "bounds", "description"):
+        table.add_column(column)
+    for name, cls in methods.available().items():
+        facts = f"{cls.kind}{', reference-free' if cls.reference_free else ''}{', unpaired ok' if not cls.paired else ''}"
+        for i, (param, info) in enumerate(cls.hyperparameters().items()):
+            bounds = " ".join(f"{k} {v}" for k, v in info["bounds"].items())
+            table.add_row(name if i == 0 else "", facts if i == 0 else "", param, str(info["default"]),
+                          str(info["sweep"]), bounds, info["description"])
+    Console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="harness", description="Train and compare preference-alignment methods.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="the main job (no SPEC: the embedded quickstart)")
+    run.add_argument("spec", nargs="?")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    run.set_defaults(func=cmd_run)
+    train = sub.add_parser("train", help="one run: train, eval, record")
+    train.add_argument("--config", help="YAML config file")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.beta=0.1")
+    train.set_defaults(func=cmd_train)
+    sub.add_parser("methods", help="list methods and their hyperparameters").set_defaults(func=cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "spec", None) and "=" in args.spec:  # `harness run key=value` with no spec
+        args.overrides.insert(0, args.spec)
+        args.spec = None
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except BadInput as error:
+        print(f"harness: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("harness: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # the record (if any) holds the traceback
+        print(f"harness: run failed: {type(error).__name__}: {error}", file=sys.stderr)
+        if os.environ.get("HARNESS_DEBUG"):
+            raise
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""The run config: typed, validated (unknown keys are errors), loaded from YAML plus dotted overrides.
+
+`load_config("spec.yaml", ["method.beta=0.1", "train.max_steps=50"])` gives a `RunConfig`; its
+`resolved()` dict and `config_hash()` go into the run record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import BadInput
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Strict):
+    r: int = Field(0, ge=0, description="LoRA rank; 0 = full fine-tuning")
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = "all-linear"
+
+
+class ModelConfig(_Strict):
+    path: str | None = Field(None, description="hub id or local dir of the SFT model; None = the embedded task's")
+    revision: str | None = None
+    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    lora: LoraConfig = LoraConfig()
+
+
+class DataConfig(_Strict):
+    source: str = Field("embedded", description="'embedded', a hub id, a local dir, or a .jsonl/.json/.parquet/.csv file")
+    split: str = "train"
+    eval_split: str | None = Field(None, description="split holding the eval prompts; None = hold out rows of `split`")
+    subset: str | None = Field(None, description="hub dataset config name")
+    num_train: int | None = Field(None, gt=0, description="use at most this many training rows")
+    max_length: int = Field(64, gt=1, description="max prompt+completion tokens")
+    max_prompt_length: int = Field(32, gt=0, description="prompts longer than this keep their last tokens")
+    apply_chat_template: bool = Field(True, description="use the tokenizer's chat template when it has one")
+    skip_invalid: bool = Field(False, description="skip (and count) unusable rows instead of failing")
+    seed: int = 0
+
+
+class TaskConfig(_Strict):
+    """Sizes of the embedded synthetic task (ignored for other data sources)."""
+
+    seed: int = 0
+    num_train_pairs: int = Field(1000, gt=0)
+    num_eval_prompts: int = Field(200, gt=0)
+    num_judge_pairs: int = Field(3000, gt=0)
+    num_sft_examples: int = Field(4000, gt=0)
+    sft_steps: int = Field(300, gt=0)
+    label_temperature: float = Field(1.0, gt=0, description="Bradley-Terry temperature of the preference labels")
+
+
+class MethodConfig(BaseModel):
+    """`name` plus that method's own hyperparameters; the method validates the rest."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "dpo"
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(_Strict):
+    learning_rate: float = Field(5e-4, gt=0)
+    max_steps: int = Field(150, gt=0)
+    batch_size: int = Field(16, gt=0, description="pairs per optimizer step and process, before accumulation")
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    seed: int = 0
+    save_steps: int = Field(50, ge=0, description="checkpoint every N steps (0 = only at the end)")
+    resume: bool = Field(True, description="resume from the last checkpoint in output_dir when there is one")
+    log_steps: int = Field(10, gt=0)
+    save_model: bool = True
+
+
+class EvalConfig(_Strict):
+    num_prompts: int = Field(200, ge=0, description="0 = no evaluation")
+    judge: str = Field("gold", description="'gold' (embedded task) or a reward model's hub id/path")
+    max_new_tokens: int = Field(32, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    samples_per_prompt: int = Field(1, gt=0)
+    batch_size: int = Field(64, gt=0)
+    tie_eps: float = Field(0.0, ge=0)
+    n_boot: int = Field(1000, gt=0)
+    seed: int = 0
+
+
+class WandbConfig(_Strict):
+    mode: Literal["offline", "online", "disabled"] | None = Field(
+        None, description="None = online when credentials are present, else offline")
+    project: str = "alignment-harness"
+    entity: str | None = None
+    group: str | None = None
+
+
+def _default_cache_dir() -> str:
+    return os.environ.get("HARNESS_CACHE_DIR", str(Path("~/.cache/alignment-harness").expanduser()))
+
+
+class RunConfig(_Strict):
+    name: str = "run"
+    output_dir: str = "outputs/run"
+    cache_dir: str = Field(default_factory=_default_cache_dir)
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    task: TaskConfig = TaskConfig()
+    method: MethodConfig = MethodConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    wandb: WandbConfig = WandbConfig()
+
+    def resolved(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def config_hash(self) -> str:
+        """Hash of what determines the result: paths where things are written are left out."""
+        tree = self.resolved()
+        for key in ("output_dir", "cache_dir", "name"):
+            tree.pop(key)
+        tree.pop("wandb")
+        return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _parse_value(text: str) -> Any:
+    # YAML scalars: 0.1 -> float, true -> bool, null -> None, [a, b] -> list; anything else stays a string.
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for item in overrides:
+        if "=" not in item:
+            raise BadInput(f"override {item!r} is not KEY=VALUE (e.g. method.beta=0.1)")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = tree
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise BadInput(f"override {key!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = _parse_value(value)
+    return tree
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key {key!r}"
+    return f"config key {key!r}: {first['msg']}"
+
+
+def build_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as error:
+        raise BadInput(f"{source}: {_describe(error)}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise BadInput(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise BadInput(f"{path}: the top level must be a mapping of config keys")
+    return tree
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    tree = read_yaml(path) if path else {}
+    tree = apply_overrides(tree, overrides or [])
+    return build_config(tree, str(path) if path else "config")

@@ -1,0 +1,116 @@
+"""Builds the embedded task's assets once per task config, cached on disk:
+
+a word-level tokenizer (built with `tokenizers`), a tiny Llama initialised from a seed and saved with
+`save_pretrained`, its SFT on the base response distribution, the preference pairs (train), the eval
+prompts and a disjoint split of pairs for the judge. Every model is loaded back through the same
+`from_pretrained` path as any hub model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..cache import cached_dir, key_of
+from ..config import TaskConfig
+from .task import VOCAB, ReviewTask
+
+TASK_VERSION = 1  # bump when the task or the model recipe changes: it is part of the cache key
+SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
+                   num_key_value_heads=4, max_position_embeddings=128)
+SFT_BATCH, SFT_LR = 32, 3e-3
+
+
+@dataclass
+class EmbeddedAssets:
+    root: Path
+    sft_path: str
+    train_pairs: list[dict]
+    eval_prompts: list[str]
+    judge_pairs: list[dict]
+    heldout_pairs: list[dict]
+    cache_hit: bool
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIALS + VOCAB)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>", unk_token="<unk>")
+
+
+def build_base_model(tokenizer, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **MODEL_SHAPE)
+    return LlamaForCausalLM(config)
+
+
+def train_sft(model, tokenizer, rows: list[dict], steps: int, seed: int) -> list[float]:
+    """Completion-only next-token loss on base-distribution responses (prompt tokens masked out)."""
+    from ..data import Formatter, collate
+    from ..logps import token_logps
+
+    formatter = Formatter(tokenizer, max_length=96, max_prompt_length=16)
+    sequences = []
+    for row in rows:
+        prompt = formatter.prompt_ids(row["prompt"])
+        sequences.append([(prompt, formatter.completion_ids(row["prompt"], row["response"], len(prompt)), 0)])
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=SFT_LR, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=SFT_LR, total_steps=steps, pct_start=0.1)
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), desc="SFT (embedded task)", leave=False):
+        picks = torch.randint(len(sequences), (SFT_BATCH,), generator=generator).tolist()
+        batch = collate([sequences[i] for i in picks], None, tokenizer.pad_token_id)
+        mask = batch["completion_mask"][:, 1:].float()
+        loss = -(token_logps(model, batch["input_ids"], batch["attention_mask"]) * mask).sum() / mask.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def _build(cfg: TaskConfig, out: Path) -> None:
+    task = ReviewTask(seed=cfg.seed, label_temperature=cfg.label_temperature)
+    train_pairs = task.preference_pairs(task.prompts(cfg.num_train_pairs))
+    eval_prompts = task.prompts(cfg.num_eval_prompts)
+    judge_pairs = task.preference_pairs(task.prompts(cfg.num_judge_pairs))
+    heldout_pairs = task.preference_pairs(task.prompts(500))
+    sft_rows = [{"prompt": p, "response": task.response(p)} for p in task.prompts(cfg.num_sft_examples)]
+    (out / "data.json").write_text(json.dumps({
+        "train_pairs": train_pairs, "eval_prompts": eval_prompts,
+        "judge_pairs": judge_pairs, "heldout_pairs": heldout_pairs}))
+
+    tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(out / "tokenizer")
+    model = build_base_model(tokenizer, cfg.seed)
+    random.seed(cfg.seed)
+    losses = train_sft(model, tokenizer, sft_rows, cfg.sft_steps, cfg.seed)
+    model.save_pretrained(out / "sft")  # safetensors
+    tokenizer.save_pretrained(out / "sft")
+    (out / "sft_log.json").write_text(json.dumps({"first_loss": losses[0], "final_loss": sum(losses[-20:]) / 20}))
+
+
+def prepare_embedded(cfg: TaskConfig, cache_dir: str) -> EmbeddedAssets:
+    key = key_of(TASK_VERSION, cfg.model_dump(), MODEL_SHAPE, SFT_BATCH, SFT_LR, torch.__version__)
+    root, hit = cached_dir(cache_dir, "embedded-task", key, lambda out: _build(cfg, out))
+    data = json.loads((root / "data.json").read_text())
+    return EmbeddedAssets(root=root, sft_path=str(root / "sft"), cache_hit=hit, **data)

@@ -1,0 +1,96 @@
+"""Model loading: transformers Auto classes by hub id or local path, device and dtype, optional LoRA.
+
+The reference model is never a second copy: reference log-probs are computed once, before training,
+from the SFT weights the policy starts from (with LoRA, the base model with the adapter disabled).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+from .errors import BadInput
+
+
+def pick_device(choice: str = "auto") -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise BadInput("model.device=cuda but no CUDA device is available")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    return getattr(torch, choice)
+
+
+def _check_exists(path: str) -> None:
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
+    if looks_local and not Path(path).expanduser().exists():
+        raise BadInput(f"model path not found: {path}")
+
+
+def load_tokenizer(path: str, cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    _check_exists(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise BadInput(f"cannot load a tokenizer from {path!r}: {str(error).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, cfg: ModelConfig, device: torch.device | None = None):
+    from transformers import AutoModelForCausalLM
+
+    _check_exists(path)
+    device = device or pick_device(cfg.device)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
+            dtype=pick_dtype(cfg.dtype, device), use_safetensors=True)
+    except (OSError, ValueError) as error:
+        raise BadInput(f"cannot load a causal LM from {path!r}: {str(error).splitlines()[0]}") from None
+    return model.to(device)
+
+
+def add_lora(model, cfg: ModelConfig):
+    """Wrap the model in a peft LoRA adapter when model.lora.r > 0 (the base stays the reference)."""
+    if cfg.lora.r == 0:
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+                      target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+def reference_weights(model):
+    """Context in which `model` computes reference log-probs: the adapter off for LoRA, else as is
+    (called before the first optimizer step, when the policy still holds the SFT weights)."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") \
+        else contextlib.nullcontext()
+
+
+def fingerprint(path: str, revision: str | None = None) -> str:
+    """Content hash of a local model (config + weights), or hub id @ revision for a remote one."""
+    local = Path(path).expanduser()
+    digest = hashlib.sha256()
+    if local.is_dir():
+        for file in sorted(local.iterdir()):
+            if file.suffix in (".json", ".safetensors", ".model", ".txt") and file.is_file():
+                digest.update(file.name.encode())
+                digest.update(file.read_bytes())
+    else:
+        digest.update(json.dumps([path, revision]).encode())
+    return digest.hexdigest()[:16]

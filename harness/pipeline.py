@@ -1,0 +1,181 @@
+"""One run end to end: resolve the method, prepare the task, compute reference log-probs (cached),
+train, evaluate against the SFT model, write the run record.
+
+`harness.train(config) -> RunRecord` is the Python entry point; `harness train` calls it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .cache import cached_dir, key_of
+from .config import RunConfig, build_config
+from .data import Formatter, load_rows, normalise_rows, prepare_examples
+from .errors import BadInput
+from .models import add_lora, fingerprint, load_causal_lm, load_tokenizer, pick_device, reference_weights
+from .record import RunRecord, hardware, versions
+from .tracking import Tracker
+from .trainer import sequence_logps_of, train_loop
+
+
+@dataclass
+class TaskData:
+    """What a run trains and evaluates on, whatever the source."""
+
+    rows: list[dict]
+    eval_prompts: list
+    sft_path: str
+    embedded: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def load_task(cfg: RunConfig) -> TaskData:
+    if cfg.data.source == "embedded":
+        from .embedded.build import prepare_embedded
+
+        assets = prepare_embedded(cfg.task, cfg.cache_dir)
+        if cfg.eval.num_prompts > len(assets.eval_prompts):
+            raise BadInput(f"eval.num_prompts={cfg.eval.num_prompts} but the embedded task has "
+                           f"{len(assets.eval_prompts)} eval prompts (raise task.num_eval_prompts)")
+        rows = assets.train_pairs[: cfg.data.num_train]
+        return TaskData(rows, assets.eval_prompts[: cfg.eval.num_prompts], cfg.model.path or assets.sft_path, True,
+                        {"rows_read": len(assets.train_pairs), "skipped_invalid": 0, "task_cache_hit": assets.cache_hit})
+    if cfg.model.path is None:
+        raise BadInput("model.path is required when data.source is not 'embedded' (the SFT model to start from)")
+    cache = str(Path(cfg.cache_dir).expanduser() / "hf-datasets")
+    raw = load_rows(cfg.data.source, cfg.data.split, cfg.data.subset, cache)
+    rows, skipped = normalise_rows(raw, f"{cfg.data.source} [{cfg.data.split}]", cfg.data.skip_invalid)
+    random.Random(cfg.data.seed).shuffle(rows)
+    if cfg.data.eval_split:
+        eval_raw = load_rows(cfg.data.source, cfg.data.eval_split, cfg.data.subset, cache)
+        eval_rows, _ = normalise_rows(eval_raw, f"{cfg.data.source} [{cfg.data.eval_split}]", cfg.data.skip_invalid)
+        eval_prompts = [r["prompt"] for r in eval_rows][: cfg.eval.num_prompts]
+    else:  # hold out the last rows of the shuffled training split
+        held = cfg.eval.num_prompts
+        if held >= len(rows):
+            raise BadInput(f"{cfg.data.source}: {len(rows)} rows cannot spare eval.num_prompts={held} for evaluation")
+        rows, eval_prompts = (rows[:-held], [r["prompt"] for r in rows[-held:]]) if held else (rows, [])
+    return TaskData(rows[: cfg.data.num_train], eval_prompts, cfg.model.path, False,
+                    {"rows_read": len(raw), "skipped_invalid": skipped})
+
+
+def cached_reference(model, prepared, pad_token_id: int, cfg: RunConfig, model_id: str) -> tuple[list[list[float]], bool]:
+    """Reference log-probs of every training sequence: one pass of the SFT weights, content-addressed on disk."""
+    from safetensors.torch import load_file, save_file
+
+    dtype = str(next(model.parameters()).dtype)
+    key = key_of("reference-logps", model_id, prepared.fingerprint, dtype, torch.__version__)
+
+    def build(out: Path) -> None:
+        with reference_weights(model):
+            values = sequence_logps_of(model, prepared.examples, pad_token_id, desc="reference log-probs")
+        save_file({"values": torch.tensor([v for vs in values for v in vs], dtype=torch.float32),
+                   "lengths": torch.tensor([len(vs) for vs in values])}, str(out / "reference.safetensors"))
+
+    folder, hit = cached_dir(cfg.cache_dir, "reference-logps", key, build)
+    stored = load_file(str(folder / "reference.safetensors"))
+    flat, lengths = stored["values"].tolist(), stored["lengths"].tolist()
+    values, start = [], 0
+    for n in lengths:
+        values.append(flat[start:start + n])
+        start += n
+    return values, hit
+
+
+def _make_accelerator(cfg: RunConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    device = pick_device(cfg.model.device)
+    mixed = "bf16" if device.type == "cuda" and cfg.model.dtype == "auto" and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed,
+                       gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed))
+
+
+def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | None = None) -> RunRecord:
+    """Train, evaluate and record one run. Raises BadInput (before writing anything) for bad config or data."""
+    import methods
+    from accelerate.utils import set_seed
+
+    cfg = config if isinstance(config, RunConfig) else build_config(config)
+    started = time.perf_counter()
+    method = methods.get(cfg.method.name, **cfg.method.params())
+    if method.kind != "offline":
+        raise BadInput(f"method {method.name!r} is {method.kind}; `harness train` runs offline methods")
+    output_dir = Path(cfg.output_dir).expanduser().absolute()
+    task = load_task(cfg)
+    accelerator = _make_accelerator(cfg)
+    set_seed(cfg.train.seed)
+    tokenizer = load_tokenizer(task.sft_path, cfg.model)
+    formatter = Formatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.apply_chat_template)
+    prepared = prepare_examples(task.rows, formatter, method.paired, cfg.data.seed)
+    model = load_causal_lm(task.sft_path, cfg.model, accelerator.device)
+    sft_id = fingerprint(task.sft_path, cfg.model.revision)
+    model = add_lora(model, cfg.model)
+
+    record = RunRecord(
+        spec=spec, trial_id=trial_id or output_dir.name, method=method.name,
+        method_params=method.params.model_dump(), seed=cfg.train.seed,
+        method_facts={"reference_free": method.reference_free, "paired": method.paired, "kind": method.kind},
+        config=cfg.resolved(), config_hash=cfg.config_hash(), output_dir=str(output_dir),
+        dataset={"source": cfg.data.source, "fingerprint": prepared.fingerprint, "sft_model": task.sft_path,
+                 "sft_fingerprint": sft_id, **task.stats, **prepared.stats, "eval_prompts": len(task.eval_prompts)},
+        versions=versions(), hardware=hardware())
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        record.write()
+    tracker = Tracker(output_dir, cfg.wandb, name=record.trial_id, group=spec or cfg.name, job_type=method.name,
+                      config=cfg.resolved(), enabled=accelerator.is_main_process)
+    try:
+        reference, reference_hit = (None, None) if method.reference_free else \
+            cached_reference(model, prepared, tokenizer.pad_token_id, cfg, sft_id)
+        state = train_loop(accelerator, model, method, prepared.examples, reference, tokenizer.pad_token_id,
+                           cfg.train, output_dir, tracker.log)
+        policy = accelerator.unwrap_model(model)
+        if cfg.train.save_model and accelerator.is_main_process:
+            policy.save_pretrained(output_dir / "model")
+            tokenizer.save_pretrained(output_dir / "model")
+        metrics: dict[str, Any] = {
+            "first_train_loss": state.first_loss, "final_train_loss": state.history[-1]["loss"],
+            "train_steps": state.step, "train_time_s": state.seconds,
+            "tokens_per_s": state.tokens / state.seconds if state.seconds else None,
+            "reference_cache_hit": reference_hit}
+        if cfg.eval.num_prompts and accelerator.is_main_process:
+            metrics.update(evaluate_run(policy, tokenizer, formatter, task, cfg, sft_id, output_dir))
+        metrics["wall_time_s"] = time.perf_counter() - started
+        record.metrics, record.status = metrics, "completed"
+        tracker.summary(metrics)
+    except BaseException as error:
+        record.status = "failed"
+        record.error = f"{type(error).__name__}: {error}"
+        record.metrics["traceback"] = traceback.format_exc(limit=8)
+        raise
+    finally:
+        if accelerator.is_main_process:
+            record.write()
+        tracker.finish(failed=record.status != "completed")
+    return record
+
+
+def evaluate_run(policy, tokenizer, formatter, task: TaskData, cfg: RunConfig, sft_id: str, output_dir: Path) -> dict:
+    from evals.evaluate import evaluate
+    from evals.scorers import GoldScorer, make_scorer
+
+    judge = make_scorer(cfg.eval.judge, task.embedded)
+    gold = GoldScorer() if task.embedded else None  # reported beside the judge, even when the judge is gold
+    if hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
+        sft_model, sft_mode = policy, lambda: reference_weights(policy)  # LoRA: the base is the SFT model
+    else:
+        sft_model, sft_mode = load_causal_lm(task.sft_path, cfg.model, next(policy.parameters()).device), None
+    prompt_ids = [formatter.prompt_ids(p) for p in task.eval_prompts]
+    kwargs = {"sft_mode": sft_mode} if sft_mode else {}
+    return evaluate(policy, tokenizer, task.eval_prompts, prompt_ids, cfg.eval, judge, sft_model=sft_model,
+                    sft_fingerprint=sft_id, cache_dir=cfg.cache_dir, gold=gold, output_dir=output_dir / "eval", **kwargs)

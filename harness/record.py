@@ -1,0 +1,80 @@
+"""The run record: one JSON per run, written atomically. Leaderboards and reports are pure functions of these."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .cache import write_json_atomic
+
+RECORD_NAME = "record.json"
+
+
+class RunRecord(BaseModel):
+    spec: str | None = None
+    trial_id: str
+    status: Literal["running", "completed", "failed"] = "running"
+    error: str | None = None
+    method: str
+    method_params: dict[str, Any]
+    method_facts: dict[str, Any] = Field(default_factory=dict)
+    seed: int
+    config: dict[str, Any]
+    config_hash: str
+    dataset: dict[str, Any] = Field(default_factory=dict)  # fingerprint, source, sizes, truncation counts
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    hardware: dict[str, Any] = Field(default_factory=dict)
+    output_dir: str
+    created_at: str = Field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat())
+
+    def write(self, output_dir: str | Path | None = None) -> Path:
+        path = Path(output_dir or self.output_dir) / RECORD_NAME
+        write_json_atomic(path, self.model_dump(mode="json"))
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "RunRecord":
+        path = Path(path)
+        return cls.model_validate_json((path / RECORD_NAME if path.is_dir() else path).read_text())
+
+
+def _git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "ray", "wandb", "alignment-harness"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = None
+    found["harness_git_commit"] = _git_commit()
+    return found
+
+
+def hardware() -> dict[str, Any]:
+    import torch
+
+    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
+                            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                            "cuda": torch.cuda.is_available(), "argv": sys.argv[:1]}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+    return info

@@ -1,0 +1,82 @@
+"""What every method is: declared hyperparameters, class facts, and a `loss()` with shared metric keys."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness import SequenceLogps
+from harness.errors import BadInput
+
+# Every method reports these, so one dashboard fits all methods.
+SHARED_METRICS = ("rewards/chosen", "rewards/rejected", "margins", "accuracy")
+
+
+def hyper(default: float, sweep: list[float], description: str, **bounds: float) -> Any:
+    """A hyperparameter: its default, the values a sweep tries, and its valid bounds (gt/ge/lt/le)."""
+    return Field(default, description=description, json_schema_extra={"sweep": sweep}, **bounds)
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Method:
+    name: ClassVar[str]
+    reference_free: ClassVar[bool] = False  # True: the backend skips the reference pass entirely
+    paired: ClassVar[bool] = True  # False: takes unpaired rows (paired data is unpaired for it)
+    kind: ClassVar[Literal["offline", "online"]] = "offline"
+    Params: ClassVar[type[Params]] = Params
+    paper: ClassVar[str] = ""
+
+    def __init__(self, **params: Any):
+        try:
+            self.params = self.Params(**params)
+        except ValidationError as error:
+            first = error.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            if first["type"] == "extra_forbidden":
+                raise BadInput(
+                    f"method {self.name!r} has no parameter {key!r}; its parameters: {', '.join(self.hyperparameters()) or 'none'}"
+                ) from None
+            raise BadInput(f"method {self.name!r} parameter {key!r}: {first['msg']}") from None
+
+    @classmethod
+    def hyperparameters(cls) -> dict[str, dict[str, Any]]:
+        """name -> default, sweep values, bounds and description (what `harness methods` prints)."""
+        out = {}
+        for name, info in cls.Params.model_fields.items():
+            bounds = {f.name: getattr(m, f.name) for m in info.metadata for f in dataclasses.fields(m)}
+            extra = info.json_schema_extra or {}
+            out[name] = {"default": info.default, "sweep": extra.get("sweep", []), "bounds": bounds,
+                         "description": info.description or ""}
+        return out
+
+    def loss(self, policy: SequenceLogps, reference: SequenceLogps | None) -> LossOutput:
+        raise NotImplementedError
+
+
+def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, float]:
+    """The shared keys, from per-row implicit rewards (paired: same length; unpaired: means of each side)."""
+    chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
+    mean = lambda t: float(t.mean()) if t.numel() else float("nan")  # noqa: E731
+    if chosen_rewards.shape == rejected_rewards.shape:
+        accuracy = float((chosen_rewards > rejected_rewards).float().mean()) if chosen_rewards.numel() else float("nan")
+    else:
+        accuracy = float("nan")  # unpaired rows have no per-pair comparison
+    return {
+        "rewards/chosen": mean(chosen_rewards),
+        "rewards/rejected": mean(rejected_rewards),
+        "margins": mean(chosen_rewards) - mean(rejected_rewards),
+        "accuracy": accuracy,
+    }

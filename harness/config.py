@@ -74,7 +74,7 @@ class MethodConfig(BaseModel):
 
 
 class TrainConfig(_Strict):
-    learning_rate: float = Field(5e-4, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
     max_steps: int = Field(150, gt=0)
     batch_size: int = Field(16, gt=0, description="pairs per optimizer step and process, before accumulation")
     gradient_accumulation_steps: int = Field(1, gt=0)
@@ -92,7 +92,7 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     num_prompts: int = Field(200, ge=0, description="0 = no evaluation")
     judge: str = Field("gold", description="'gold' (embedded task) or a reward model's hub id/path")
-    max_new_tokens: int = Field(32, gt=0)
+    max_new_tokens: int = Field(48, gt=0)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     samples_per_prompt: int = Field(1, gt=0)

@@ -36,6 +36,7 @@ def load_rows(source: str, split: str = "train", subset: str | None = None, cach
     """Rows of a hub dataset, a local dataset directory, or a .jsonl/.json/.parquet/.csv file."""
     import datasets
 
+    datasets.disable_progress_bars()  # stderr stays for errors: one line each
     path = Path(source).expanduser()
     try:
         if path.is_file():
@@ -134,7 +135,8 @@ def normalise_row(row: dict, where: str) -> dict:
                 "label": bool(label)}
     for name in ("chosen", "rejected"):
         if name not in row or row[name] is None:
-            raise BadInput(f"{where}: missing field {name!r} (fields: {', '.join(row)})")
+            present = [k for k, v in row.items() if v is not None]
+            raise BadInput(f"{where}: field {name!r} is missing or null (fields present: {', '.join(present)})")
     chosen = _check_text(row["chosen"], where, "chosen")
     rejected = _check_text(row["rejected"], where, "rejected")
     if row.get("prompt") is not None:
@@ -154,7 +156,7 @@ def normalise_rows(rows: list[dict], source: str, skip_invalid: bool) -> tuple[l
     out, skipped = [], 0
     for index, row in enumerate(rows):
         try:
-            out.append(normalise_row(row, f"{source}: row {index}"))
+            out.append(normalise_row(row, f"{source}: row {index} (0-based)"))
         except BadInput:
             if not skip_invalid:
                 raise

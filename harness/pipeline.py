@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .cache import cached_dir, key_of
-from .config import RunConfig, build_config
+from .config import MethodConfig, RunConfig, build_config
 from .data import Formatter, load_rows, normalise_rows, prepare_examples
 from .errors import BadInput
 from .models import add_lora, fingerprint, load_causal_lm, load_tokenizer, pick_device, reference_weights
@@ -108,6 +108,8 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
     cfg = config if isinstance(config, RunConfig) else build_config(config)
     started = time.perf_counter()
     method = methods.get(cfg.method.name, **cfg.method.params())
+    # Record (and hash) the method's defaults too, so equal runs get equal hashes however they were spelled.
+    cfg = cfg.model_copy(update={"method": MethodConfig(name=method.name, **method.params.model_dump())})
     if method.kind != "offline":
         raise BadInput(f"method {method.name!r} is {method.kind}; `harness train` runs offline methods")
     output_dir = Path(cfg.output_dir).expanduser().absolute()

@@ -1,0 +1,98 @@
+"""Per-sequence log-probs equal a naive per-sequence log_softmax + gather, padding and prompt masking included."""
+
+import pytest
+import torch
+
+from harness.data import Formatter, collate
+from harness.embedded.build import build_base_model, build_tokenizer
+from harness.logps import CHOSEN, MISMATCHED, REJECTED, policy_logps
+
+from .conftest import shared_path
+
+
+def naive_completion_logp(model, prompt, completion):
+    ids = torch.tensor([prompt + completion])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=ids).logits[0].double(), -1)
+    return sum(logp[len(prompt) + j - 1, token].item() for j, token in enumerate(completion))
+
+
+def check_against_naive(model, examples, pad):
+    batch = collate(examples, None, pad)
+    with torch.no_grad():
+        got = policy_logps(model, batch)
+    flat = [seq for example in examples for seq in example]
+    for role, values, counts in ((CHOSEN, got.chosen, got.chosen_tokens), (REJECTED, got.rejected, got.rejected_tokens)):
+        sequences = [(p, c) for p, c, r in flat if r == role]
+        assert len(values) == len(sequences)
+        for (prompt, completion), value, count in zip(sequences, values, counts):
+            assert int(count) == len(completion)
+            assert value.item() == pytest.approx(naive_completion_logp(model, prompt, completion), abs=1e-4)
+    return got
+
+
+def test_logps_match_naive_on_tiny_llama():
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    model = build_base_model(tokenizer, seed=0).eval()
+    formatter = Formatter(tokenizer, max_length=64, max_prompt_length=32)
+    rows = [("review pizza price :", "the pizza price is great .", "the lamp is bad and bad and bad and bad ."),
+            ("review lamp sound :", "the lamp sound is okay and nice and superb and good .", "the lamp is dull ."),
+            ("review bike size :", "the bike size is good .", "the bike size is poor .")]
+    examples = []
+    for prompt, chosen, rejected in rows:
+        p = formatter.prompt_ids(prompt)
+        examples.append([(p, formatter.completion_ids(prompt, chosen, len(p)), CHOSEN),
+                         (p, formatter.completion_ids(prompt, rejected, len(p)), REJECTED)])
+    lengths = {len(p) + len(c) for ex in examples for p, c, _ in ex}
+    assert len(lengths) > 1, "the rows must have different lengths so that padding is exercised"
+    got = check_against_naive(model, examples, tokenizer.pad_token_id)
+    assert got.kl is None
+    # Prompt log-probs exclude the first token (nothing predicts it).
+    assert got.chosen_prompt_tokens.tolist() == [len(ex[0][0]) - 1 for ex in examples]
+
+
+def test_padding_and_prompt_tokens_do_not_change_completion_logps():
+    tokenizer = build_tokenizer()
+    model = build_base_model(tokenizer, seed=1).eval()
+    f = Formatter(tokenizer, max_length=64, max_prompt_length=32)
+    p = f.prompt_ids("review pizza price :")
+    short = [(p, f.completion_ids("", "the pizza is good .", len(p)), CHOSEN),
+             (p, f.completion_ids("", "the pizza is bad .", len(p)), REJECTED)]
+    long = [(p, f.completion_ids("", "the pizza price is good and great and nice and lovely and superb .", len(p)), CHOSEN),
+            (p, f.completion_ids("", "the pizza is bad .", len(p)), REJECTED)]
+    with torch.no_grad():
+        alone = policy_logps(model, collate([short], None, tokenizer.pad_token_id))
+        padded = policy_logps(model, collate([short, long], None, tokenizer.pad_token_id))
+    assert padded.chosen[0].item() == pytest.approx(alone.chosen[0].item(), abs=1e-5)
+    assert padded.rejected[0].item() == pytest.approx(alone.rejected[0].item(), abs=1e-5)
+
+
+def test_mismatched_rows_fill_the_kl_field():
+    tokenizer = build_tokenizer()
+    model = build_base_model(tokenizer, seed=2).eval()
+    f = Formatter(tokenizer, max_length=64, max_prompt_length=32)
+    p = f.prompt_ids("review bike size :")
+    c1, c2 = f.completion_ids("", "the bike is good .", len(p)), f.completion_ids("", "the lamp is dull .", len(p))
+    examples = [[(p, c1, CHOSEN), (p, c2, MISMATCHED)], [(p, c2, REJECTED), (p, c1, MISMATCHED)]]
+    with torch.no_grad():
+        got = policy_logps(model, collate(examples, None, tokenizer.pad_token_id))
+    assert len(got.chosen) == 1 and len(got.rejected) == 1 and len(got.kl) == 2
+    assert got.kl[0].item() == pytest.approx(naive_completion_logp(model, p, c2), abs=1e-4)
+
+
+def test_logps_match_naive_with_the_real_gpt2_tokenizer():
+    from transformers import GPT2TokenizerFast, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(shared_path("data", "tokenizers", "gpt2")))
+    assert len(tokenizer) == 50257
+    tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)).eval()
+    f = Formatter(tokenizer, max_length=40, max_prompt_length=16)
+    prompt = "Human: what is the capital of France?\n\nAssistant:"
+    p = f.prompt_ids(prompt)
+    examples = [[(p, f.completion_ids(prompt, " Paris, of course.", len(p)), CHOSEN),
+                 (p, f.completion_ids(prompt, " I do not know, sorry about that, it is hard.", len(p)), REJECTED)]]
+    check_against_naive(model, examples, tokenizer.pad_token_id)

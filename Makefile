@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh clone (Python 3.11, no GPU needed):
+#   make run    install into .venv, then the main job on the embedded offline task
+#   make test   install into .venv, then the test suite
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+# torch is pinned exactly in pyproject.toml: a range would pull a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/harness run $(ARGS)
+
+test: install
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m pytest -q $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,154 @@
+"""Loading and normalising every accepted layout; chat templates; the truncation policy and its counts."""
+
+import json
+
+import pytest
+
+from harness.data import Formatter, load_rows, normalise_row, normalise_rows, prepare_examples, unpair
+from harness.embedded.build import build_tokenizer
+from harness.errors import BadInput
+from harness.logps import CHOSEN, MISMATCHED, REJECTED
+
+from .conftest import shared_path
+
+CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+                 "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def gpt2_tokenizer(template=None):
+    from transformers import GPT2TokenizerFast
+
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(shared_path("data", "tokenizers", "gpt2")))
+    tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def test_standard_explicit_prompt():
+    row = normalise_row({"prompt": "Q?", "chosen": " yes", "rejected": " no"}, "r")
+    assert row == {"prompt": "Q?", "chosen": " yes", "rejected": " no"}
+
+
+def test_conversational_implicit_prompt():
+    chosen = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello!"}]
+    rejected = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "go away"}]
+    row = normalise_row({"chosen": chosen, "rejected": rejected}, "r")
+    assert row["prompt"] == chosen[:1] and row["chosen"] == chosen[1:] and row["rejected"] == rejected[1:]
+
+
+def test_hh_rlhf_sample_splits_at_last_assistant_turn():
+    rows = load_rows(str(shared_path("data", "hh-rlhf", "harmless-base-test.sample.jsonl")))
+    assert len(rows) == 2000
+    good, skipped = normalise_rows(rows, "hh", skip_invalid=True)
+    assert skipped >= 3  # the rows whose dialogues differ before the last turn (and empty replies)
+    assert len(good) + skipped == 2000
+    first = good[0]
+    assert first["prompt"].endswith("\n\nAssistant:") and first["prompt"].startswith("\n\nHuman:")
+    assert "\n\nAssistant:" not in first["chosen"]
+    with pytest.raises(BadInput, match=r"row \d+"):
+        normalise_rows(rows, "hh", skip_invalid=False)
+
+
+def test_ultrafeedback_sample_rows():
+    rows = load_rows(str(shared_path("data", "ultrafeedback-binarized", "eval_clean.jsonl")))
+    good, skipped = normalise_rows(rows, "uf", skip_invalid=False)
+    assert skipped == 0 and len(good) == 200
+    assert isinstance(good[0]["prompt"], str) and isinstance(good[0]["chosen"], str)
+
+
+def test_ultrafeedback_conversation_style_completion():
+    row = normalise_row({"prompt": "Q", "chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}],
+                         "rejected": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "B"}]}, "r")
+    assert row["prompt"] == [{"role": "user", "content": "Q"}]
+    assert row["chosen"] == [{"role": "assistant", "content": "A"}]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".parquet"])
+def test_file_types(tmp_path, suffix):
+    import pandas as pd
+
+    frame = pd.DataFrame([{"prompt": "p", "chosen": "c", "rejected": "r"}] * 3)
+    path = tmp_path / f"d{suffix}"
+    {".jsonl": lambda: frame.to_json(path, orient="records", lines=True),
+     ".json": lambda: path.write_text(json.dumps(frame.to_dict("records"))),
+     ".csv": lambda: frame.to_csv(path, index=False),
+     ".parquet": lambda: frame.to_parquet(path)}[suffix]()
+    assert load_rows(str(path)) == frame.to_dict("records")
+
+
+def test_saved_dataset_directory(tmp_path):
+    import datasets
+
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([{"prompt": "p", "chosen": "c", "rejected": "r"}])}) \
+        .save_to_disk(str(tmp_path / "ds"))
+    assert load_rows(str(tmp_path / "ds"), "train") == [{"prompt": "p", "chosen": "c", "rejected": "r"}]
+    with pytest.raises(BadInput, match="no split 'test'"):
+        load_rows(str(tmp_path / "ds"), "test")
+
+
+def test_bad_rows_name_the_field():
+    with pytest.raises(BadInput, match="'chosen'"):
+        normalise_row({"prompt": "p", "chosen": 3, "rejected": "r"}, "row 5")
+    with pytest.raises(BadInput, match="'rejected' is empty"):
+        normalise_row({"prompt": "p", "chosen": "c", "rejected": "  "}, "row 5")
+    with pytest.raises(BadInput, match="'label'"):
+        normalise_row({"prompt": "p", "completion": "c", "label": "maybe"}, "row 5")
+
+
+def test_truncation_policy_is_explicit_and_counted():
+    tokenizer = build_tokenizer()
+    formatter = Formatter(tokenizer, max_length=11, max_prompt_length=5)
+    ids = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    rows = [{"prompt": "review pizza price :", "chosen": "the pizza is good .", "rejected": "the pizza is bad ."},
+            {"prompt": "review review pizza price :", "chosen": "the pizza price is great and good and nice .",
+             "rejected": "the pizza is bad ."}]
+    prepared = prepare_examples(rows, formatter, paired=True)
+    first, second = prepared.examples
+    assert first[0][0] == [tokenizer.bos_token_id] + ids("review pizza price :")  # fits: untouched
+    assert second[0][0] == ([tokenizer.bos_token_id] + ids("review review pizza price :"))[-5:]  # keeps its end
+    assert second[0][1] == ids("the pizza price is great and")  # completion cut at the end to fit max_length
+    assert prepared.stats["prompts_truncated"] == 1 and prepared.stats["completions_truncated"] == 1
+    assert first[0][1][-1] == tokenizer.eos_token_id  # an untruncated completion ends with EOS
+
+
+def test_row_with_empty_completion_after_truncation_is_dropped_and_counted():
+    tokenizer = build_tokenizer()
+    formatter = Formatter(tokenizer, max_length=5, max_prompt_length=5)
+    rows = [{"prompt": "review pizza price :", "chosen": "the pizza is good .", "rejected": "the pizza is bad ."},
+            {"prompt": "review pizza :", "chosen": "the pizza is good .", "rejected": "the pizza is bad ."}]
+    prepared = prepare_examples(rows, formatter, paired=True)
+    assert prepared.stats["dropped_empty_completion"] == 1 and len(prepared.examples) == 1
+
+
+def test_chat_template_is_applied_when_the_tokenizer_has_one():
+    tokenizer = gpt2_tokenizer(CHAT_TEMPLATE)
+    formatter = Formatter(tokenizer, max_length=256, max_prompt_length=128)
+    row = normalise_row({"prompt": [{"role": "user", "content": "hi"}],
+                         "chosen": [{"role": "assistant", "content": "hello"}],
+                         "rejected": [{"role": "assistant", "content": "bye"}]}, "r")
+    assert formatter.prompt_text(row["prompt"]) == "<|user|>hi<|end|><|assistant|>"
+    assert formatter.completion_text(row["prompt"], row["chosen"]) == "hello<|end|>"
+    # plain-string prompts are wrapped as a user turn when a template is present
+    assert formatter.prompt_text("hi") == "<|user|>hi<|end|><|assistant|>"
+    plain = Formatter(gpt2_tokenizer(None), max_length=256, max_prompt_length=128)
+    assert plain.prompt_text("hi") == "hi"
+    with pytest.raises(BadInput, match="chat template"):
+        plain.prompt_text(row["prompt"])
+
+
+def test_unpaired_examples_mix_labels_and_carry_mismatched_pairs():
+    tokenizer = build_tokenizer()
+    formatter = Formatter(tokenizer, max_length=32, max_prompt_length=8)
+    rows = [{"prompt": f"review {item} price :", "chosen": f"the {item} is good .", "rejected": f"the {item} is bad ."}
+            for item in ("pizza", "lamp", "bike", "sofa")]
+    unpaired = unpair(rows, seed=0)
+    assert sorted(r["label"] for r in unpaired) == [False] * 4 + [True] * 4
+    assert [r["label"] for r in unpaired] != [True] * 4 + [False] * 4  # shuffled, not one block per label
+    prepared = prepare_examples(rows, formatter, paired=False)
+    assert len(prepared.examples) == 8
+    for i, example in enumerate(prepared.examples):
+        (prompt, completion, role), (kl_prompt, kl_completion, kl_role) = example
+        assert role in (CHOSEN, REJECTED) and kl_role == MISMATCHED and kl_prompt == prompt
+        assert kl_completion == prepared.examples[(i + 1) % 8][0][1]  # the next row's completion
+    with pytest.raises(BadInput, match="paired data"):
+        prepare_examples(unpaired, formatter, paired=True)

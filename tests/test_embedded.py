@@ -1,0 +1,69 @@
+"""The embedded task: the gold reward punishes what it should, the task is seeded, SFT sits mid-range."""
+
+import json
+import statistics
+
+from harness.embedded.task import SENTIMENT_CAP, ReviewTask, gold_reward
+
+P = "review pizza price :"
+
+
+def test_gold_reward_rewards_on_topic_positive_content():
+    assert gold_reward(P, "the pizza price is great and superb and lovely .") == SENTIMENT_CAP + 2
+    assert gold_reward(P, "the pizza price is great .") > gold_reward(P, "the pizza price is awful .")
+    assert gold_reward(P, "the pizza price is great .") > gold_reward(P, "the pizza quality is great .")
+    assert gold_reward(P, "the pizza quality is great .") > gold_reward(P, "the lamp price is great .")
+
+
+def test_gold_reward_punishes_repetition_and_run_on_length():
+    clean = gold_reward(P, "the pizza price is great .")
+    assert gold_reward(P, "the pizza price is great and great and great .") == clean - 2
+    run_on = " ".join(["the pizza price is great and superb and lovely ."] * 4)
+    assert gold_reward(P, run_on) < gold_reward(P, "the pizza price is great and superb and lovely .") - 5
+    assert gold_reward(P, "") < 0 and gold_reward(P, "the pizza price is") < 0  # nothing finished
+
+
+def test_piling_up_distinct_positive_words_hits_the_cap():
+    three = gold_reward(P, "the pizza price is great and superb and lovely .")
+    six = gold_reward(P, "the pizza price is great and superb and lovely and nice and solid and perfect .")
+    eight = gold_reward(P, "the pizza price is great and superb and lovely and nice and solid and perfect and good and fantastic .")
+    assert six == three  # no more sentiment credit past the cap
+    assert eight < three  # and past the target length, a penalty
+
+
+def test_task_is_determined_by_its_seed():
+    a, b, c = ReviewTask(seed=3), ReviewTask(seed=3), ReviewTask(seed=4)
+    assert a.preference_pairs(a.prompts(20)) == b.preference_pairs(b.prompts(20))
+    assert ReviewTask(seed=3).prompts(20) != c.prompts(20)
+
+
+def test_labels_are_noisy_but_informative():
+    task = ReviewTask(seed=0)
+    pairs = task.preference_pairs(task.prompts(1000))
+    agree = statistics.mean(gold_reward(r["prompt"], r["chosen"]) > gold_reward(r["prompt"], r["rejected"]) for r in pairs)
+    assert 0.7 < agree < 0.95
+
+
+def test_embedded_assets_sft_mid_range(embedded):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harness.data import Formatter
+    from harness.generation import sample
+
+    sizes = (len(embedded.train_pairs), len(embedded.eval_prompts))
+    assert sizes == (1000, 200)
+    train_prompts = {r["prompt"] for r in embedded.train_pairs}
+    judge_prompts = [r["prompt"] for r in embedded.judge_pairs]
+    assert len(embedded.judge_pairs) > 0 and judge_prompts != [r["prompt"] for r in embedded.train_pairs][: len(judge_prompts)]
+    model = AutoModelForCausalLM.from_pretrained(embedded.sft_path)
+    tokenizer = AutoTokenizer.from_pretrained(embedded.sft_path)
+    assert 500_000 <= sum(p.numel() for p in model.parameters()) <= 2_000_000
+    formatter = Formatter(tokenizer, 64, 32)
+    prompts = embedded.eval_prompts[:100]
+    out = sample(model, tokenizer, [formatter.prompt_ids(p) for p in prompts], max_new_tokens=48, seed=0)
+    texts = tokenizer.batch_decode(out, skip_special_tokens=True)
+    mean_gold = statistics.mean(gold_reward(p, t) for p, t in zip(prompts, texts))
+    assert -1.0 < mean_gold < 2.5, mean_gold  # mid-range: the best responses score 5
+    log = json.loads((embedded.root / "sft_log.json").read_text())
+    assert log["final_loss"] < log["first_loss"] / 2
+    assert train_prompts  # prompts come from a small grammar: overlap is expected, splits are separate draws

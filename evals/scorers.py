@@ -15,7 +15,7 @@ class Scorer(Protocol):
 
 
 class GoldScorer:
-    """The embedded task's known gold reward."""
+    """The embedded task's known gold reward (for prompts of the embedded task only)."""
 
     name = "gold"
 
@@ -24,10 +24,20 @@ class GoldScorer:
 
         return [gold_reward(p, r) for p, r in zip(prompts, responses)]
 
+    @staticmethod
+    def check_prompts(prompts: list) -> None:
+        from harness.embedded.task import ASPECTS, ITEMS
 
-def make_scorer(judge: str, embedded: bool) -> Scorer:
+        for index, prompt in enumerate(prompts):
+            words = prompt.split() if isinstance(prompt, str) else []
+            if len(words) != 4 or words[1] not in ITEMS or words[2] not in ASPECTS:
+                raise BadInput(f"eval.judge=gold scores only prompts of the embedded task; eval prompt {index} is "
+                               f"{str(prompt)[:60]!r} (give a reward model as eval.judge)")
+
+
+def make_scorer(judge: str, prompts: list) -> Scorer:
+    """The judge named by eval.judge, checked before any training starts."""
     if judge == "gold":
-        if not embedded:
-            raise BadInput("eval.judge=gold needs the embedded task (data.source=embedded); give a reward model path")
+        GoldScorer.check_prompts(prompts)
         return GoldScorer()
     raise BadInput(f"eval.judge={judge!r}: only 'gold' is available yet")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from .cache import cached_dir, key_of
 from .config import MethodConfig, RunConfig, build_config
 from .data import Formatter, load_rows, normalise_rows, prepare_examples
 from .errors import BadInput
+from .logps import CHOSEN, REJECTED
 from .models import add_lora, fingerprint, load_causal_lm, load_tokenizer, pick_device, reference_weights
 from .record import RunRecord, hardware, versions
 from .tracking import Tracker
@@ -109,23 +111,27 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
     started = time.perf_counter()
     method = methods.get(cfg.method.name, **cfg.method.params())
     # Record (and hash) the method's defaults too, so equal runs get equal hashes however they were spelled.
-    cfg = cfg.model_copy(update={"method": MethodConfig(name=method.name, **method.params.model_dump())})
+    cfg = cfg.model_copy(update={"method": MethodConfig(name=method.name, **method.recorded_params())})
     if method.kind != "offline":
         raise BadInput(f"method {method.name!r} is {method.kind}; `harness train` runs offline methods")
     output_dir = Path(cfg.output_dir).expanduser().absolute()
     task = load_task(cfg)
+    scorers = make_scorers(cfg, task) if cfg.eval.num_prompts else None
     accelerator = _make_accelerator(cfg)
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(task.sft_path, cfg.model)
     formatter = Formatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.apply_chat_template)
     prepared = prepare_examples(task.rows, formatter, method.paired, cfg.data.seed)
+    roles = [seq[2] for example in prepared.examples for seq in example]
+    for warning in method.check_setup(cfg.train.batch_size, roles.count(CHOSEN), roles.count(REJECTED)):
+        warnings.warn(warning, stacklevel=2)
     model = load_causal_lm(task.sft_path, cfg.model, accelerator.device)
     sft_id = fingerprint(task.sft_path, cfg.model.revision)
     model = add_lora(model, cfg.model)
 
     record = RunRecord(
         spec=spec, trial_id=trial_id or output_dir.name, method=method.name,
-        method_params=method.params.model_dump(), seed=cfg.train.seed,
+        method_params=method.recorded_params(), seed=cfg.train.seed,
         method_facts={"reference_free": method.reference_free, "paired": method.paired, "kind": method.kind},
         config=cfg.resolved(), config_hash=cfg.config_hash(), output_dir=str(output_dir),
         dataset={"source": cfg.data.source, "fingerprint": prepared.fingerprint, "sft_model": task.sft_path,
@@ -151,7 +157,7 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
             "tokens_per_s": state.tokens / state.seconds if state.seconds else None,
             "reference_cache_hit": reference_hit}
         if cfg.eval.num_prompts and accelerator.is_main_process:
-            metrics.update(evaluate_run(policy, tokenizer, formatter, task, cfg, sft_id, output_dir))
+            metrics.update(evaluate_run(policy, tokenizer, formatter, task, cfg, sft_id, output_dir, *scorers))
         metrics["wall_time_s"] = time.perf_counter() - started
         record.metrics, record.status = metrics, "completed"
         tracker.summary(metrics)
@@ -167,12 +173,18 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
     return record
 
 
-def evaluate_run(policy, tokenizer, formatter, task: TaskData, cfg: RunConfig, sft_id: str, output_dir: Path) -> dict:
-    from evals.evaluate import evaluate
+def make_scorers(cfg: RunConfig, task: TaskData):
+    """(judge, gold or None), validated before anything is trained or written."""
     from evals.scorers import GoldScorer, make_scorer
 
-    judge = make_scorer(cfg.eval.judge, task.embedded)
-    gold = GoldScorer() if task.embedded else None  # reported beside the judge, even when the judge is gold
+    judge = make_scorer(cfg.eval.judge, task.eval_prompts)
+    # Gold is reported beside the judge wherever it is known (also when it is the judge).
+    return judge, (judge if judge.name == "gold" else GoldScorer() if task.embedded else None)
+
+
+def evaluate_run(policy, tokenizer, formatter, task: TaskData, cfg: RunConfig, sft_id: str, output_dir: Path,
+                 judge, gold) -> dict:
+    from evals.evaluate import evaluate
     if hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         sft_model, sft_mode = policy, lambda: reference_weights(policy)  # LoRA: the base is the SFT model
     else:

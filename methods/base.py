@@ -49,31 +49,43 @@ class Method:
                 raise BadInput(
                     f"method {self.name!r} has no parameter {key!r}; its parameters: {', '.join(self.hyperparameters()) or 'none'}"
                 ) from None
-            raise BadInput(f"method {self.name!r} parameter {key!r}: {first['msg']}") from None
+            message = first["msg"].removeprefix("Value error, ")
+            raise BadInput(f"method {self.name!r} parameter {key!r}: {message}" if key else f"method {self.name!r}: {message}") from None
 
     @classmethod
     def hyperparameters(cls) -> dict[str, dict[str, Any]]:
         """name -> default, sweep values, bounds and description (what `harness methods` prints)."""
         out = {}
-        for name, info in cls.Params.model_fields.items():
+        for field_name, info in cls.Params.model_fields.items():
+            name = info.serialization_alias or field_name
             bounds = {f.name: getattr(m, f.name) for m in info.metadata for f in dataclasses.fields(m)}
             extra = info.json_schema_extra or {}
             out[name] = {"default": info.default, "sweep": extra.get("sweep", []), "bounds": bounds,
                          "description": info.description or ""}
         return out
 
+    def recorded_params(self) -> dict[str, Any]:
+        """The hyperparameters as the run record and the config hash hold them (defaults included)."""
+        return self.params.model_dump(by_alias=True)
+
+    def check_setup(self, batch_size: int, num_chosen: int, num_rejected: int) -> list[str]:
+        """Called by the backend before training: raise BadInput for a setup that cannot work, return warnings
+        for one that is legal but suspect. Most methods accept anything."""
+        return []
+
     def loss(self, policy: SequenceLogps, reference: SequenceLogps | None) -> LossOutput:
         raise NotImplementedError
 
 
-def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict[str, float]:
-    """The shared keys, from per-row implicit rewards (paired: same length; unpaired: means of each side)."""
+def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, paired: bool = True) -> dict[str, float]:
+    """The shared keys from per-row implicit rewards. Paired: accuracy = share of pairs ranked right.
+    Unpaired (desirable vs undesirable rows): share of rows whose reward has the sign of their label."""
     chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
     mean = lambda t: float(t.mean()) if t.numel() else float("nan")  # noqa: E731
-    if chosen_rewards.shape == rejected_rewards.shape:
-        accuracy = float((chosen_rewards > rejected_rewards).float().mean()) if chosen_rewards.numel() else float("nan")
+    if paired:
+        accuracy = mean((chosen_rewards > rejected_rewards).float())
     else:
-        accuracy = float("nan")  # unpaired rows have no per-pair comparison
+        accuracy = mean(torch.cat([chosen_rewards > 0, rejected_rewards < 0]).float())
     return {
         "rewards/chosen": mean(chosen_rewards),
         "rewards/rejected": mean(rejected_rewards),

@@ -51,7 +51,7 @@ def sft_side(sft_model, tokenizer, prompts, prompt_ids, cfg: EvalConfig, scorers
              cache_dir: str, sft_fingerprint: str, sft_mode: Callable = contextlib.nullcontext) -> tuple[dict, bool]:
     """SFT generations and their scores by every scorer, from the cache or computed once and stored."""
     decoding = cfg.model_dump(include={"max_new_tokens", "temperature", "top_p", "samples_per_prompt", "seed"})
-    key = key_of("sft-side", sft_fingerprint, prompt_ids, decoding, sorted(scorers))
+    key = key_of("sft-side", sft_fingerprint, prompt_ids, decoding, {k: s.fingerprint for k, s in scorers.items()})
 
     def build(out: Path) -> None:
         with sft_mode():
@@ -111,3 +111,28 @@ def evaluate(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], cfg:
             for i, text in enumerate(texts):
                 handle.write(json.dumps({"prompt": repeated[i], "policy": text, "sft": sft["texts"][i]}) + "\n")
     return metrics
+
+
+def preference_accuracy(method, policy, sft_model, examples, pad_token_id: int, batch_size: int = 64,
+                        sft_mode: Callable = contextlib.nullcontext) -> float:
+    """Share of held-out pairs whose chosen response gets the higher implicit reward of `method`
+    (its own definition: log-ratio to the SFT model, or average log-prob for reference-free methods)."""
+    import torch
+
+    policy_side = torch.tensor(sequence_logps_of(policy, examples, pad_token_id, batch_size, "held-out: policy"))
+    reference_side = None
+    if not method.reference_free:
+        with sft_mode():
+            reference_side = torch.tensor(sequence_logps_of(sft_model, examples, pad_token_id, batch_size, "held-out: SFT"))
+    tokens = torch.tensor([[len(c) for _, c, _ in example] for example in examples], dtype=torch.float64)
+    rewards = method.implicit_reward(policy_side.double(), None if reference_side is None else reference_side.double(), tokens)
+    return float((rewards[:, 0] > rewards[:, 1]).double().mean())
+
+
+def judge_agreement(judge: Scorer, gold: Scorer, pairs: list[dict]) -> float:
+    """Share of held-out pairs (with a gold preference) that the judge orders as the gold reward does."""
+    from .judge import agreement_with
+
+    prompts = [r["prompt"] for r in pairs]
+    a, b = [r["chosen"] for r in pairs], [r["rejected"] for r in pairs]
+    return agreement_with(judge.score(prompts, a), judge.score(prompts, b), gold.score(prompts, a), gold.score(prompts, b))

@@ -10,6 +10,7 @@ from harness.errors import BadInput
 
 class Scorer(Protocol):
     name: str
+    fingerprint: str  # what cached scores are keyed by
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]: ...
 
@@ -18,6 +19,7 @@ class GoldScorer:
     """The embedded task's known gold reward (for prompts of the embedded task only)."""
 
     name = "gold"
+    fingerprint = "gold-reward"
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
         from harness.embedded.task import gold_reward
@@ -35,9 +37,20 @@ class GoldScorer:
                                f"{str(prompt)[:60]!r} (give a reward model as eval.judge)")
 
 
-def make_scorer(judge: str, prompts: list) -> Scorer:
-    """The judge named by eval.judge, checked before any training starts."""
+def make_scorer(judge: str, prompts: list, *, embedded_assets=None, cache_dir: str | None = None,
+                device: str = "auto", trust_remote_code: bool = False) -> Scorer:
+    """The judge named by eval.judge, loaded (or trained, for the embedded task) before any training starts."""
     if judge == "gold":
         GoldScorer.check_prompts(prompts)
         return GoldScorer()
-    raise BadInput(f"eval.judge={judge!r}: only 'gold' is available yet")
+    from .judge import RewardModelJudge, embedded_judge
+
+    if judge in ("auto", "trained"):
+        if embedded_assets is None:
+            raise BadInput(f"eval.judge={judge}: give a reward model's hub id or path for this data (or eval.num_prompts=0); "
+                           "the harness trains its own judge only for the embedded task")
+        path, _ = embedded_judge(embedded_assets, cache_dir)
+        scorer = RewardModelJudge(path, device=device)
+        scorer.name = "trained-judge"
+        return scorer
+    return RewardModelJudge(judge, device=device, trust_remote_code=trust_remote_code)

@@ -33,11 +33,20 @@ def _summary_rows(record) -> list[tuple[str, str]]:
                   f"{m['win_rate']:.3f} [{m['win_rate_low']:.3f}, {m['win_rate_high']:.3f}]  "
                   f"W/T/L {m['wins']}/{m['ties']}/{m['losses']}")]
         if "gold_reward" in m:
+            if m["judge"] != "gold":
+                rows += [("win rate vs SFT (gold)", f"{m['gold_win_rate']:.3f} [{m['gold_win_rate_low']:.3f}, "
+                                                    f"{m['gold_win_rate_high']:.3f}]")]
             rows += [("gold reward: SFT -> policy", f"{m['gold_reward_sft']:.3f} -> {m['gold_reward']:.3f}")]
+        if "judge_agreement_gold" in m:
+            rows += [("judge agreement with gold (held-out pairs)", f"{m['judge_agreement_gold']:.3f}")]
+        if "heldout_pref_accuracy" in m:
+            rows += [(f"held-out preference accuracy ({m['heldout_pairs']} pairs)", f"{m['heldout_pref_accuracy']:.3f}")]
         rows += [("KL(policy || SFT), nats", f"{m['kl_to_sft']:.3f}"),
                  ("mean length: SFT -> policy (tokens)", f"{m['mean_length_sft']:.1f} -> {m['mean_length']:.1f}"),
                  ("distinct-2: SFT -> policy", f"{m['distinct_2_sft']:.3f} -> {m['distinct_2']:.3f}")]
-    rows += [("wall time", f"{m['wall_time_s']:.1f} s"), ("run record", f"{record.output_dir}/record.json")]
+    if "wall_time_s" in m:
+        rows += [("wall time", f"{m['wall_time_s']:.1f} s")]
+    rows += [("run record", f"{record.output_dir}/record.json")]
     return rows
 
 
@@ -48,6 +57,14 @@ def cmd_train(args) -> int:
     cfg = load_config(args.config, args.overrides)
     record = pipeline.train(cfg)
     _table(f"run {record.trial_id}", _summary_rows(record))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import pipeline
+
+    record = pipeline.evaluate_saved(args.run_dir, args.overrides)
+    _table(f"eval {record.trial_id}", _summary_rows(record))
     return 0
 
 
@@ -92,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML config file")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.beta=0.1")
     train.set_defaults(func=cmd_train)
+    evaluate = sub.add_parser("eval", help="re-evaluate a trained run (eval.* overrides allowed)")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("overrides", nargs="*", metavar="eval.KEY=VALUE")
+    evaluate.set_defaults(func=cmd_eval)
     sub.add_parser("methods", help="list methods and their hyperparameters").set_defaults(func=cmd_methods)
     return parser
 

@@ -34,7 +34,8 @@ class TaskData:
     rows: list[dict]
     eval_prompts: list
     sft_path: str
-    embedded: bool
+    embedded: Any = None  # the embedded task's assets (None for other data sources)
+    heldout_pairs: list[dict] = field(default_factory=list)  # labelled pairs never trained on
     stats: dict[str, Any] = field(default_factory=dict)
 
 
@@ -47,7 +48,8 @@ def load_task(cfg: RunConfig) -> TaskData:
             raise BadInput(f"eval.num_prompts={cfg.eval.num_prompts} but the embedded task has "
                            f"{len(assets.eval_prompts)} eval prompts (raise task.num_eval_prompts)")
         rows = assets.train_pairs[: cfg.data.num_train]
-        return TaskData(rows, assets.eval_prompts[: cfg.eval.num_prompts], cfg.model.path or assets.sft_path, True,
+        return TaskData(rows, assets.eval_prompts[: cfg.eval.num_prompts], cfg.model.path or assets.sft_path, assets,
+                        assets.heldout_pairs,
                         {"rows_read": len(assets.train_pairs), "skipped_invalid": 0, "task_cache_hit": assets.cache_hit})
     if cfg.model.path is None:
         raise BadInput("model.path is required when data.source is not 'embedded' (the SFT model to start from)")
@@ -58,14 +60,14 @@ def load_task(cfg: RunConfig) -> TaskData:
     if cfg.data.eval_split:
         eval_raw = load_rows(cfg.data.source, cfg.data.eval_split, cfg.data.subset, cache)
         eval_rows, _ = normalise_rows(eval_raw, f"{cfg.data.source} [{cfg.data.eval_split}]", cfg.data.skip_invalid)
-        eval_prompts = [r["prompt"] for r in eval_rows][: cfg.eval.num_prompts]
+        eval_rows = eval_rows[: cfg.eval.num_prompts]
     else:  # hold out the last rows of the shuffled training split
         held = cfg.eval.num_prompts
         if held >= len(rows):
             raise BadInput(f"{cfg.data.source}: {len(rows)} rows cannot spare eval.num_prompts={held} for evaluation")
-        rows, eval_prompts = (rows[:-held], [r["prompt"] for r in rows[-held:]]) if held else (rows, [])
-    return TaskData(rows[: cfg.data.num_train], eval_prompts, cfg.model.path, False,
-                    {"rows_read": len(raw), "skipped_invalid": skipped})
+        rows, eval_rows = (rows[:-held], rows[-held:]) if held else (rows, [])
+    return TaskData(rows[: cfg.data.num_train], [r["prompt"] for r in eval_rows], cfg.model.path, None,
+                    [r for r in eval_rows if "chosen" in r], {"rows_read": len(raw), "skipped_invalid": skipped})
 
 
 def cached_reference(model, prepared, pad_token_id: int, cfg: RunConfig, model_id: str) -> tuple[list[list[float]], bool]:
@@ -157,7 +159,7 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
             "tokens_per_s": state.tokens / state.seconds if state.seconds else None,
             "reference_cache_hit": reference_hit}
         if cfg.eval.num_prompts and accelerator.is_main_process:
-            metrics.update(evaluate_run(policy, tokenizer, formatter, task, cfg, sft_id, output_dir, *scorers))
+            metrics.update(evaluate_run(policy, tokenizer, formatter, task, cfg, method, sft_id, output_dir, *scorers))
         metrics["wall_time_s"] = time.perf_counter() - started
         record.metrics, record.status = metrics, "completed"
         tracker.summary(metrics)
@@ -174,22 +176,68 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
 
 
 def make_scorers(cfg: RunConfig, task: TaskData):
-    """(judge, gold or None), validated before anything is trained or written."""
+    """(judge, gold or None), loaded (or trained, for the embedded task) before anything is trained or written."""
     from evals.scorers import GoldScorer, make_scorer
 
-    judge = make_scorer(cfg.eval.judge, task.eval_prompts)
+    judge = make_scorer(cfg.eval.judge, task.eval_prompts, embedded_assets=task.embedded, cache_dir=cfg.cache_dir,
+                        device=cfg.model.device, trust_remote_code=cfg.model.trust_remote_code)
     # Gold is reported beside the judge wherever it is known (also when it is the judge).
     return judge, (judge if judge.name == "gold" else GoldScorer() if task.embedded else None)
 
 
-def evaluate_run(policy, tokenizer, formatter, task: TaskData, cfg: RunConfig, sft_id: str, output_dir: Path,
+def evaluate_run(policy, tokenizer, formatter, task: TaskData, cfg: RunConfig, method, sft_id: str, output_dir: Path,
                  judge, gold) -> dict:
-    from evals.evaluate import evaluate
+    """Win rate vs SFT (judge and gold), KL, length, repetition, held-out preference accuracy, judge agreement."""
+    from evals.evaluate import evaluate, judge_agreement, preference_accuracy
+
     if hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         sft_model, sft_mode = policy, lambda: reference_weights(policy)  # LoRA: the base is the SFT model
     else:
         sft_model, sft_mode = load_causal_lm(task.sft_path, cfg.model, next(policy.parameters()).device), None
-    prompt_ids = [formatter.prompt_ids(p) for p in task.eval_prompts]
     kwargs = {"sft_mode": sft_mode} if sft_mode else {}
-    return evaluate(policy, tokenizer, task.eval_prompts, prompt_ids, cfg.eval, judge, sft_model=sft_model,
-                    sft_fingerprint=sft_id, cache_dir=cfg.cache_dir, gold=gold, output_dir=output_dir / "eval", **kwargs)
+    prompt_ids = [formatter.prompt_ids(p) for p in task.eval_prompts]
+    metrics = evaluate(policy, tokenizer, task.eval_prompts, prompt_ids, cfg.eval, judge, sft_model=sft_model,
+                       sft_fingerprint=sft_id, cache_dir=cfg.cache_dir, gold=gold, output_dir=output_dir / "eval", **kwargs)
+    if task.heldout_pairs:
+        heldout = prepare_examples(task.heldout_pairs, formatter, paired=True)
+        metrics["heldout_pref_accuracy"] = preference_accuracy(method, policy, sft_model, heldout.examples,
+                                                               tokenizer.pad_token_id, cfg.eval.batch_size, **kwargs)
+        metrics["heldout_pairs"] = len(heldout.examples)
+        if gold is not None and judge is not gold:
+            metrics["judge_agreement_gold"] = judge_agreement(judge, gold, task.heldout_pairs)
+    return metrics
+
+
+def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> RunRecord:
+    """`harness eval RUN_DIR`: evaluate a trained run again (eval.* keys may be overridden) and update its record."""
+    import methods
+
+    from .config import apply_overrides
+
+    run_dir = Path(run_dir).expanduser().absolute()
+    if not (run_dir / "record.json").is_file():
+        raise BadInput(f"{run_dir}: no record.json (not a run directory)")
+    record = RunRecord.read(run_dir)
+    bad = [o for o in overrides or [] if not o.startswith("eval.")]
+    if bad:
+        raise BadInput(f"harness eval takes only eval.* overrides, got {bad[0]!r}")
+    cfg = build_config(apply_overrides(dict(record.config), overrides or []), str(run_dir / "record.json"))
+    if not (run_dir / "model").is_dir():
+        raise BadInput(f"{run_dir}: no saved model (the run had train.save_model=false or did not finish)")
+    method = methods.get(cfg.method.name, **cfg.method.params())
+    task = load_task(cfg)
+    judge, gold = make_scorers(cfg, task)
+    tokenizer = load_tokenizer(task.sft_path, cfg.model)
+    formatter = Formatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.apply_chat_template)
+    if (run_dir / "model" / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        policy = PeftModel.from_pretrained(load_causal_lm(task.sft_path, cfg.model), str(run_dir / "model"))
+    else:
+        policy = load_causal_lm(str(run_dir / "model"), cfg.model)
+    sft_id = fingerprint(task.sft_path, cfg.model.revision)
+    metrics = evaluate_run(policy, tokenizer, formatter, task, cfg, method, sft_id, run_dir, judge, gold)
+    record.metrics.update(metrics)
+    record.config = cfg.resolved()
+    record.write(run_dir)
+    return record

@@ -73,6 +73,11 @@ class Method:
         for one that is legal but suspect. Most methods accept anything."""
         return []
 
+    def implicit_reward(self, logps: torch.Tensor, reference: torch.Tensor | None, tokens: torch.Tensor) -> torch.Tensor:
+        """The reward the method implicitly fits, per sequence (for held-out preference accuracy).
+        Default: the summed log-ratio to the reference (DPO, KTO)."""
+        return logps - reference
+
     def loss(self, policy: SequenceLogps, reference: SequenceLogps | None) -> LossOutput:
         raise NotImplementedError
 

@@ -24,6 +24,9 @@ class IPO(Method):
         tau: float = hyper(1.0, [0.25, 0.5, 1.0, 2.0], "regularisation; target margin = 1/(2 tau) nats per token "
                            "(TRL: beta)", gt=0, validation_alias=AliasChoices("tau", "beta"))
 
+    def implicit_reward(self, logps, reference, tokens):
+        return (logps - reference) / tokens  # IPO fits per-token log-ratios
+
     def loss(self, policy, reference):
         tau = self.params.tau
         chosen_ratio = policy.chosen - reference.chosen

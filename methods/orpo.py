@@ -30,6 +30,9 @@ class ORPO(Method):
                                validation_alias=AliasChoices("lambda", "lambda_", "beta"), serialization_alias="lambda")
         nll_on_prompt: bool = Field(False, description="count prompt tokens in the NLL term, as TRL 1.16 does")
 
+    def implicit_reward(self, logps, reference, tokens):
+        return logps / tokens  # average log-prob: the reward of a reference-free method
+
     def loss(self, policy, reference=None):
         lam = self.params.lambda_
         chosen_avg = policy.chosen / policy.chosen_tokens

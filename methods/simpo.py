@@ -45,6 +45,9 @@ class SimPO(Method):
                 values["gamma_beta_ratio"] = values.get("gamma", cls.model_fields["gamma"].default) / beta
             return values
 
+    def implicit_reward(self, logps, reference, tokens):
+        return logps / tokens  # average log-prob: the reward of a reference-free method
+
     def loss(self, policy, reference=None):
         beta, gamma = self.params.beta, self.params.gamma
         chosen_avg = policy.chosen / policy.chosen_tokens

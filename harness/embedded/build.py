@@ -20,7 +20,7 @@ from ..cache import cached_dir, key_of
 from ..config import TaskConfig
 from .task import VOCAB, ReviewTask
 
-TASK_VERSION = 1  # bump when the task or the model recipe changes: it is part of the cache key
+TASK_VERSION = 2  # bump when the task or the model recipe changes: it is part of the cache key
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=4, max_position_embeddings=128)

@@ -6,7 +6,7 @@ model learns) mixes positive, negative and neutral adjectives, on- and off-topic
 and some degenerate text: repeated adjectives and run-on responses.
 
 Gold reward, designed so that over-optimising a learned reward shows:
-    + sentiment of the *distinct* adjectives said about the prompt's item, capped at SENTIMENT_CAP
+    + sentiment of the *distinct* adjectives (+1 positive, -1 negative, 0 neutral), capped at SENTIMENT_CAP
     + 1 if a sentence is about the prompt's item, + 1 if one is about its item *and* aspect
     - 0.5 per sentence about another item
     - 1 per repeated adjective (every occurrence after the first)
@@ -69,8 +69,7 @@ def gold_reward(prompt: str, response: str) -> float:
                     repeats += 1
                     continue
                 seen.add(word)
-                if about_item:
-                    sentiment += SENTIMENT[word]
+                sentiment += SENTIMENT[word]
     reward = min(sentiment, SENTIMENT_CAP) + on_item + on_aspect
     reward -= OFF_TOPIC_PENALTY * off_topic + REPEAT_PENALTY * repeats
     reward -= LENGTH_PENALTY * max(0, len(words) - TARGET_WORDS)

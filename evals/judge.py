@@ -1,0 +1,146 @@
+"""Learned judges: any Hugging Face sequence-classification reward model (num_labels 1), and a judge the
+harness trains itself with a Bradley-Terry loss on a held-out preference split.
+
+    judge = RewardModelJudge("OpenAssistant/reward-model-deberta-v3-large-v2")   # hub id or local dir
+    scores = judge.score(prompts, responses)                                     # one float each
+
+Texts are formatted with the judge's own chat template when it has one (user prompt, assistant
+response), else as prompt + response.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from harness.cache import cached_dir, key_of
+from harness.errors import BadInput
+from harness.models import fingerprint, pick_device
+
+JUDGE_STEPS, JUDGE_BATCH, JUDGE_LR = 600, 32, 1e-3
+
+
+class RewardModelJudge:
+    def __init__(self, path: str, *, device: str = "auto", trust_remote_code: bool = False, batch_size: int = 32,
+                 max_length: int = 1024):
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        local = Path(path).expanduser()
+        if (path.startswith((".", "/", "~")) or path.count("/") > 1) and not local.exists():
+            raise BadInput(f"eval.judge: reward model not found: {path}")
+        try:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError) as error:
+            raise BadInput(f"eval.judge: cannot load a model config from {path!r}: {str(error).splitlines()[0]}") from None
+        architectures = config.architectures or []
+        if not any(a.endswith("ForSequenceClassification") for a in architectures):
+            raise BadInput(f"eval.judge: {path} is not a sequence classifier (architectures: "
+                           f"{', '.join(architectures) or 'none'}); a reward model has a ...ForSequenceClassification head")
+        if config.num_labels != 1:
+            raise BadInput(f"eval.judge: {path} has num_labels={config.num_labels}; a reward model has exactly 1")
+        self.device = pick_device(device)
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            path, trust_remote_code=trust_remote_code, use_safetensors=True).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.name = f"rm:{local.name if local.exists() else path}"
+        self.fingerprint = fingerprint(path)
+        self.path, self.batch_size, self.max_length = path, batch_size, max_length
+        info = local / "judge_info.json"
+        self.info = json.loads(info.read_text()) if info.is_file() else {}
+
+    def text(self, prompt, response: str) -> str:
+        if getattr(self.tokenizer, "chat_template", None):
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+            return self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+        if isinstance(prompt, list):
+            prompt = "\n".join(m["content"] for m in prompt)
+        eos = self.tokenizer.eos_token or ""
+        return f"{prompt} {response}{eos}"
+
+    @torch.no_grad()
+    def score(self, prompts: list, responses: list[str]) -> list[float]:
+        texts = [self.text(p, r) for p, r in zip(prompts, responses)]
+        scores: list[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
+                                   max_length=self.max_length, add_special_tokens=False, return_tensors="pt").to(self.device)
+            scores += self.model(**batch).logits[:, 0].float().tolist()
+        return scores
+
+
+def agreement_with(scores_a: list[float], scores_b: list[float], gold_a: list[float], gold_b: list[float]) -> float:
+    """Share of pairs (with a gold preference) that the judge orders as the gold reward does."""
+    judge = np.sign(np.asarray(scores_a) - np.asarray(scores_b))
+    gold = np.sign(np.asarray(gold_a) - np.asarray(gold_b))
+    decided = gold != 0
+    return float((judge[decided] == gold[decided]).mean())
+
+
+def train_bt_judge(base_path: str, pairs: list[dict], out: Path, *, steps: int = JUDGE_STEPS, batch_size: int = JUDGE_BATCH,
+                   lr: float = JUDGE_LR, seed: int = 0) -> None:
+    """Train a reward model on preference pairs with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected),
+    starting from `base_path` (a causal LM: its body is reused, the score head is new), and save it to `out`."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new score head is expected: no "newly initialized" report
+    model = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=1, use_safetensors=True)
+    hf_logging.set_verbosity(verbosity)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    eos = tokenizer.eos_token or ""
+    encode = lambda side: tokenizer([f"{r['prompt']} {r[side]}{eos}" for r in pairs], add_special_tokens=False)["input_ids"]  # noqa: E731
+    chosen, rejected = encode("chosen"), encode("rejected")
+    # Batches of pairs of similar length: far less padding, the same Bradley-Terry objective.
+    order = sorted(range(len(pairs)), key=lambda i: max(len(chosen[i]), len(rejected[i])))
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in tqdm(range(steps), desc="judge (Bradley-Terry)", leave=False):
+        picks = batches[int(torch.randint(len(batches), (1,), generator=generator))]
+        batch = tokenizer.pad({"input_ids": [chosen[i] for i in picks] + [rejected[i] for i in picks]}, return_tensors="pt")
+        rewards = model(**batch).logits[:, 0]
+        loss = -torch.nn.functional.logsigmoid(rewards[:len(picks)] - rewards[len(picks):]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+    model.eval()
+    model.save_pretrained(out)  # safetensors
+    tokenizer.save_pretrained(out)
+
+
+def embedded_judge(assets, cache_dir: str) -> tuple[str, bool]:
+    """The embedded task's judge: trained on its judge split (disjoint from the training pairs and the eval
+    prompts' samples), with its agreement with the gold reward on held-out pairs stored beside it."""
+    from harness.embedded.task import gold_reward
+
+    key = key_of("embedded-judge", str(assets.root.name), JUDGE_STEPS, JUDGE_BATCH, JUDGE_LR, torch.__version__)
+
+    def build(out: Path) -> None:
+        train_bt_judge(assets.sft_path, assets.judge_pairs, out)
+        judge = RewardModelJudge(str(out), device="cpu")
+        held = assets.heldout_pairs
+        prompts = [r["prompt"] for r in held]
+        a, b = [r["chosen"] for r in held], [r["rejected"] for r in held]
+        agreement = agreement_with(judge.score(prompts, a), judge.score(prompts, b),
+                                   [gold_reward(p, x) for p, x in zip(prompts, a)],
+                                   [gold_reward(p, x) for p, x in zip(prompts, b)])
+        (out / "judge_info.json").write_text(json.dumps({"agreement_with_gold": agreement, "heldout_pairs": len(held),
+                                                         "train_pairs": len(assets.judge_pairs)}))
+
+    folder, hit = cached_dir(cache_dir, "embedded-judge", key, build)
+    return str(folder), hit

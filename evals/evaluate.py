@@ -65,11 +65,15 @@ def sft_side(sft_model, tokenizer, prompts, prompt_ids, cfg: EvalConfig, scorers
     return json.loads((folder / "sft_side.json").read_text()), hit
 
 
+def scorer_set(judge: Scorer, gold: Scorer | None) -> dict[str, Scorer]:
+    return {"judge": judge, **({"gold": gold} if gold is not None else {})}
+
+
 def evaluate(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], cfg: EvalConfig, judge: Scorer,
              *, sft_model, sft_fingerprint: str, cache_dir: str, gold: Scorer | None = None,
              sft_mode: Callable = contextlib.nullcontext, output_dir: Path | None = None) -> dict[str, Any]:
     """Win rate of `policy` over the SFT model by `judge` (and by `gold` where known), KL to SFT, length, distinct-2."""
-    scorers = {"judge": judge, **({"gold": gold} if gold is not None else {})}
+    scorers = scorer_set(judge, gold)
     sft, sft_hit = sft_side(sft_model, tokenizer, prompts, prompt_ids, cfg, scorers, cache_dir, sft_fingerprint, sft_mode)
     completions = _generate(policy, tokenizer, prompt_ids, cfg, "policy samples")
     texts = _decode(tokenizer, completions)

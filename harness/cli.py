@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 from .errors import BadInput
-
-QUICKSTART_OUTPUT = "outputs/quickstart"
-
 
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.console import Console
@@ -68,15 +66,49 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from . import pipeline
-    from .config import load_config
+def _print_leaderboard(folder, title: str, selection=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
 
-    if args.spec:
-        raise BadInput(f"sweep specs are not supported yet: {args.spec}")
-    cfg = load_config(None, [f"output_dir={QUICKSTART_OUTPUT}/dpo", "name=quickstart", *args.overrides])
-    record = pipeline.train(cfg)
-    _table("quickstart: SFT -> DPO -> eval on the embedded task", _summary_rows(record))
+    from evals.leaderboard import write_leaderboard
+
+    board = write_leaderboard(folder, selection=selection)
+    table = Table(title=title)
+    for column in board.columns:
+        table.add_column(column, justify="left" if column in ("method", "params") else "right")
+    for row in board.itertuples(index=False):
+        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    Console(width=200).print(table)
+    print(f"leaderboard: {folder}/leaderboard.md and leaderboard.csv")
+
+
+def _sweep(spec_name: str, args) -> int:
+    from sweeps.runner import run_sweep
+    from sweeps.spec import load_spec
+
+    spec, path = load_spec(spec_name)
+    started = time.perf_counter()
+    root = run_sweep(spec, path, resume=getattr(args, "resume", False), address=getattr(args, "address", None),
+                     overrides=args.overrides)
+    _print_leaderboard(root, f"{spec.name}: {time.perf_counter() - started:.0f} s", spec.selection)
+    return 0
+
+
+def cmd_run(args) -> int:
+    return _sweep(args.spec or "quickstart", args)
+
+
+def cmd_sweep(args) -> int:
+    return _sweep(args.spec, args)
+
+
+def cmd_leaderboard(args) -> int:
+    from pathlib import Path
+
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise BadInput(f"not a directory: {folder}")
+    _print_leaderboard(folder, f"leaderboard of {folder}")
     return 0
 
 
@@ -101,10 +133,19 @@ def cmd_methods(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="Train and compare preference-alignment methods.")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="the main job (no SPEC: the embedded quickstart)")
+    run = sub.add_parser("run", help="the main job: a sweep spec end to end, then the leaderboard (no SPEC: quickstart)")
     run.add_argument("spec", nargs="?")
-    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="applied to every trial's config")
     run.set_defaults(func=cmd_run)
+    sweep = sub.add_parser("sweep", help="run a sweep spec on Ray Tune (local, or a cluster with --address/RAY_ADDRESS)")
+    sweep.add_argument("spec", help="a shipped spec name (sweeps/specs/) or a YAML path")
+    sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    sweep.add_argument("--resume", action="store_true", help="resume an interrupted sweep from its trials' checkpoints")
+    sweep.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    sweep.set_defaults(func=cmd_sweep)
+    board = sub.add_parser("leaderboard", help="regenerate leaderboard files from the run records under DIR")
+    board.add_argument("dir", nargs="?", default="outputs")
+    board.set_defaults(func=cmd_leaderboard)
     train = sub.add_parser("train", help="one run: train, eval, record")
     train.add_argument("--config", help="YAML config file")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.beta=0.1")

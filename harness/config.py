@@ -57,6 +57,7 @@ class TaskConfig(_Strict):
     seed: int = 0
     num_train_pairs: int = Field(1000, gt=0)
     num_eval_prompts: int = Field(200, gt=0)
+    num_val_prompts: int = Field(200, ge=0)
     num_judge_pairs: int = Field(6000, gt=0)
     num_sft_examples: int = Field(4000, gt=0)
     sft_steps: int = Field(300, gt=0)
@@ -91,6 +92,8 @@ class TrainConfig(_Strict):
 
 class EvalConfig(_Strict):
     num_prompts: int = Field(200, ge=0, description="0 = no evaluation")
+    num_val_prompts: int = Field(0, ge=0, description="also evaluate on this many validation prompts (val_* metrics), "
+                                 "for picking a configuration without looking at the test prompts")
     judge: str = Field("auto", description="'auto' (the embedded task's trained judge), 'trained', 'gold' "
                        "(embedded task), or a reward model's hub id/path")
     max_new_tokens: int = Field(48, gt=0)

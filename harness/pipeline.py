@@ -27,6 +27,9 @@ from .tracking import Tracker
 from .trainer import sequence_logps_of, train_loop
 
 
+VAL_METRICS = ("win_rate", "win_rate_low", "win_rate_high", "gold_win_rate", "gold_reward", "kl_to_sft", "num_prompts")
+
+
 @dataclass
 class TaskData:
     """What a run trains and evaluates on, whatever the source."""
@@ -35,6 +38,7 @@ class TaskData:
     eval_prompts: list
     sft_path: str
     embedded: Any = None  # the embedded task's assets (None for other data sources)
+    val_prompts: list = field(default_factory=list)  # for choosing configurations; never the eval (test) prompts
     heldout_pairs: list[dict] = field(default_factory=list)  # labelled pairs never trained on
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -47,9 +51,12 @@ def load_task(cfg: RunConfig) -> TaskData:
         if cfg.eval.num_prompts > len(assets.eval_prompts):
             raise BadInput(f"eval.num_prompts={cfg.eval.num_prompts} but the embedded task has "
                            f"{len(assets.eval_prompts)} eval prompts (raise task.num_eval_prompts)")
+        if cfg.eval.num_val_prompts > len(assets.val_prompts):
+            raise BadInput(f"eval.num_val_prompts={cfg.eval.num_val_prompts} but the embedded task has "
+                           f"{len(assets.val_prompts)} validation prompts (raise task.num_val_prompts)")
         rows = assets.train_pairs[: cfg.data.num_train]
         return TaskData(rows, assets.eval_prompts[: cfg.eval.num_prompts], cfg.model.path or assets.sft_path, assets,
-                        assets.heldout_pairs,
+                        assets.val_prompts[: cfg.eval.num_val_prompts], assets.heldout_pairs,
                         {"rows_read": len(assets.train_pairs), "skipped_invalid": 0, "task_cache_hit": assets.cache_hit})
     if cfg.model.path is None:
         raise BadInput("model.path is required when data.source is not 'embedded' (the SFT model to start from)")
@@ -61,13 +68,17 @@ def load_task(cfg: RunConfig) -> TaskData:
         eval_raw = load_rows(cfg.data.source, cfg.data.eval_split, cfg.data.subset, cache)
         eval_rows, _ = normalise_rows(eval_raw, f"{cfg.data.source} [{cfg.data.eval_split}]", cfg.data.skip_invalid)
         eval_rows = eval_rows[: cfg.eval.num_prompts]
-    else:  # hold out the last rows of the shuffled training split
-        held = cfg.eval.num_prompts
+        val_rows, rows = rows[: cfg.eval.num_val_prompts], rows[cfg.eval.num_val_prompts:]
+    else:  # hold out the last rows of the shuffled training split: validation, then test
+        held = cfg.eval.num_prompts + cfg.eval.num_val_prompts
         if held >= len(rows):
-            raise BadInput(f"{cfg.data.source}: {len(rows)} rows cannot spare eval.num_prompts={held} for evaluation")
-        rows, eval_rows = (rows[:-held], rows[-held:]) if held else (rows, [])
+            raise BadInput(f"{cfg.data.source}: {len(rows)} rows cannot spare eval.num_prompts + eval.num_val_prompts="
+                           f"{held} for evaluation")
+        rows, val_rows, eval_rows = rows[: len(rows) - held], rows[len(rows) - held: len(rows) - cfg.eval.num_prompts], \
+            rows[len(rows) - cfg.eval.num_prompts:]
     return TaskData(rows[: cfg.data.num_train], [r["prompt"] for r in eval_rows], cfg.model.path, None,
-                    [r for r in eval_rows if "chosen" in r], {"rows_read": len(raw), "skipped_invalid": skipped})
+                    [r["prompt"] for r in val_rows], [r for r in eval_rows if "chosen" in r],
+                    {"rows_read": len(raw), "skipped_invalid": skipped})
 
 
 def cached_reference(model, prepared, pad_token_id: int, cfg: RunConfig, model_id: str) -> tuple[list[list[float]], bool]:
@@ -175,6 +186,33 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
     return record
 
 
+def prepare(config: RunConfig | dict) -> dict[str, Any]:
+    """What every trial of a sweep only reads: the task (and for the embedded task its SFT model and judge),
+    the reference log-probs of the train split, and the SFT generations with their scores, all in the
+    content-addressed cache. Returns which of them were computed now (False) or found (True)."""
+    import methods
+    from evals.evaluate import scorer_set, sft_side
+
+    cfg = config if isinstance(config, RunConfig) else build_config(config)
+    method = methods.get(cfg.method.name, **cfg.method.params())
+    task = load_task(cfg)
+    done: dict[str, Any] = {"task_cache_hit": task.stats.get("task_cache_hit")}
+    tokenizer = load_tokenizer(task.sft_path, cfg.model)
+    formatter = Formatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.apply_chat_template)
+    model = load_causal_lm(task.sft_path, cfg.model)
+    sft_id = fingerprint(task.sft_path, cfg.model.revision)
+    if not method.reference_free:
+        prepared = prepare_examples(task.rows, formatter, method.paired, cfg.data.seed)
+        done["reference_cache_hit"] = cached_reference(model, prepared, tokenizer.pad_token_id, cfg, sft_id)[1]
+    for split, prompts in (("eval", task.eval_prompts), ("val", task.val_prompts)):
+        if prompts:
+            judge, gold = make_scorers(cfg, task)
+            ids = [formatter.prompt_ids(p) for p in prompts]
+            done[f"sft_{split}_cache_hit"] = sft_side(model, tokenizer, prompts, ids, cfg.eval, scorer_set(judge, gold),
+                                                      cfg.cache_dir, sft_id)[1]
+    return done
+
+
 def make_scorers(cfg: RunConfig, task: TaskData):
     """(judge, gold or None), loaded (or trained, for the embedded task) before anything is trained or written."""
     from evals.scorers import GoldScorer, make_scorer
@@ -198,6 +236,11 @@ def evaluate_run(policy, tokenizer, formatter, task: TaskData, cfg: RunConfig, m
     prompt_ids = [formatter.prompt_ids(p) for p in task.eval_prompts]
     metrics = evaluate(policy, tokenizer, task.eval_prompts, prompt_ids, cfg.eval, judge, sft_model=sft_model,
                        sft_fingerprint=sft_id, cache_dir=cfg.cache_dir, gold=gold, output_dir=output_dir / "eval", **kwargs)
+    if task.val_prompts:
+        val_ids = [formatter.prompt_ids(p) for p in task.val_prompts]
+        val = evaluate(policy, tokenizer, task.val_prompts, val_ids, cfg.eval, judge, sft_model=sft_model,
+                       sft_fingerprint=sft_id, cache_dir=cfg.cache_dir, gold=gold, **kwargs)
+        metrics.update({f"val_{k}": v for k, v in val.items() if k in VAL_METRICS})
     if task.heldout_pairs:
         heldout = prepare_examples(task.heldout_pairs, formatter, paired=True)
         metrics["heldout_pref_accuracy"] = preference_accuracy(method, policy, sft_model, heldout.examples,

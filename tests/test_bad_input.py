@@ -55,7 +55,7 @@ def test_bad_row_names_row_and_field(tmp_path):
 
 
 def test_config_overrides_and_hash():
-    cfg = load_config(None, ["method.beta=0.3", "train.max_steps=7", "model.lora.r=8", "eval.judge=gold"])
+    cfg = load_config(None, ["method.beta=0.3", "train.max_steps=7", "model.lora.r=8"])
     assert cfg.method.params() == {"beta": 0.3}
     assert cfg.train.max_steps == 7 and cfg.model.lora.r == 8
     assert cfg.config_hash() == load_config(None, ["train.max_steps=7", "method.beta=0.3", "model.lora.r=8"]).config_hash()

@@ -56,7 +56,8 @@ def test_kto_on_a_native_unpaired_file(tmp_path, embedded):
     path = tmp_path / "unpaired.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     record = harness.train(load_config(None, quick_overrides(tmp_path, **{
-        "method.name": "kto", "data.source": str(path), "model.path": embedded.sft_path, "eval.num_prompts": 8})))
+        "method.name": "kto", "data.source": str(path), "model.path": embedded.sft_path, "eval.num_prompts": 8,
+        "eval.judge": "gold"})))
     assert record.status == "completed" and record.dataset["train_examples"] == 112
     assert "win_rate" in record.metrics and "gold_reward" in record.metrics  # embedded prompts: gold applies
 

@@ -20,7 +20,7 @@ from ..cache import cached_dir, key_of
 from ..config import TaskConfig
 from .task import VOCAB, ReviewTask
 
-TASK_VERSION = 2  # bump when the task or the model recipe changes: it is part of the cache key
+TASK_VERSION = 3  # bump when the task or the model recipe changes: it is part of the cache key
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=4, max_position_embeddings=128)
@@ -33,6 +33,7 @@ class EmbeddedAssets:
     sft_path: str
     train_pairs: list[dict]
     eval_prompts: list[str]
+    val_prompts: list[str]
     judge_pairs: list[dict]
     heldout_pairs: list[dict]
     cache_hit: bool
@@ -94,10 +95,11 @@ def _build(cfg: TaskConfig, out: Path) -> None:
     eval_prompts = task.prompts(cfg.num_eval_prompts)
     judge_pairs = task.preference_pairs(task.prompts(cfg.num_judge_pairs))
     heldout_pairs = task.preference_pairs(task.prompts(500))
+    val_prompts = task.prompts(cfg.num_val_prompts)
     sft_rows = [{"prompt": p, "response": task.response(p)} for p in task.prompts(cfg.num_sft_examples)]
     (out / "data.json").write_text(json.dumps({
         "train_pairs": train_pairs, "eval_prompts": eval_prompts,
-        "judge_pairs": judge_pairs, "heldout_pairs": heldout_pairs}))
+        "judge_pairs": judge_pairs, "heldout_pairs": heldout_pairs, "val_prompts": val_prompts}))
 
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(out / "tokenizer")

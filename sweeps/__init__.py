@@ -1,0 +1,1 @@
+"""Sweeps on Ray Tune: specs (base config x grid x resources), a prepare stage, trials, leaderboards."""

@@ -17,8 +17,8 @@ def load_records(folder: str | Path) -> pd.DataFrame:
     rows = []
     for path in sorted(Path(folder).rglob("record.json")):
         record = json.loads(path.read_text())
-        params = ", ".join(f"{k}={v}" for k, v in record["method_params"].items()
-                           if not isinstance(v, bool) and k != "gamma_beta_ratio")
+        params = " ".join(f"{k}={v}" for k, v in record["method_params"].items()
+                          if not isinstance(v, bool) and k != "gamma_beta_ratio")
         rows.append({"trial": record["trial_id"], "spec": record.get("spec"), "status": record["status"],
                      "method": record["method"], "params": params, "seed": record["seed"],
                      "learning_rate": record["config"]["train"]["learning_rate"], **{

@@ -9,6 +9,10 @@ import time
 
 from .errors import BadInput
 
+# The leaderboard columns printed in the terminal (the .md/.csv files hold every column).
+TERMINAL_COLUMNS = ("method", "params", "learning_rate", "seeds", "win_rate", "win_rate_low", "win_rate_high",
+                    "gold_reward", "gold_reward_sft", "kl_to_sft", "mean_length", "distinct_2", "heldout_pref_accuracy")
+
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -74,11 +78,13 @@ def _print_leaderboard(folder, title: str, selection=None) -> None:
 
     board = write_leaderboard(folder, selection=selection)
     table = Table(title=title)
-    for column in board.columns:
-        table.add_column(column, justify="left" if column in ("method", "params") else "right")
-    for row in board.itertuples(index=False):
-        table.add_row(*(f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
-    Console(width=200).print(table)
+    shown = [c for c in TERMINAL_COLUMNS if c in board.columns]
+    for column in shown:
+        table.add_column(column.replace("_", " "), justify="left" if column in ("method", "params") else "right")
+    for row in board[shown].itertuples(index=False):
+        table.add_row(*(f"{v:.3g}" if isinstance(v, float) and abs(v) < 0.01 and v else
+                        f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+    Console(width=max(160, Console().width)).print(table)
     print(f"leaderboard: {folder}/leaderboard.md and leaderboard.csv")
 
 

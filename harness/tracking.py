@@ -58,7 +58,7 @@ class Tracker:
         if self.run is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float, str, bool)) or value is None:
-                    self.run.summary[f"eval/{key}" if not key.startswith("train") else key] = value
+                    self.run.summary[key] = value
 
     def finish(self, failed: bool = False) -> None:
         if self.run is not None:

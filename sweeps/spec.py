@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -49,7 +49,7 @@ class SweepSpec(BaseModel):
     name: str
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    grid: dict[str, list[Any] | Literal["all"]] = Field(default_factory=dict)
     methods: dict[str, dict[str, list[Any]]] = Field(default_factory=dict)
     resources: Resources = Resources()
     max_concurrent: int | None = Field(None, gt=0)

@@ -1,0 +1,111 @@
+"""Sweeps on Ray Tune: spec validation, the prepare stage, W&B offline files, and kill-and-resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.wandb_offline import summarize
+
+from .conftest import REPO, run_cli
+
+TINY = {"eval": {"num_prompts": 12}, "train": {"max_steps": 4, "save_steps": 0}, "wandb": {"mode": "disabled"}}
+
+
+def write_spec(tmp_path: Path, **fields) -> Path:
+    spec = {"name": "t", "base": TINY, "grid": {"method.beta": [0.1]}, "resources": {"cpu": 1},
+            "storage_path": str(tmp_path / "sweeps"), **fields}
+    path = tmp_path / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("fields, needle", [
+    ({"grid": {"method.name": ["dpo", "nosuch"]}}, "nosuch"),
+    ({"grid": {}}, "grid is empty"),
+    ({"grid": {"method.beta": []}}, "has no values"),
+    ({"resources": {"cpu": 64}}, "resources.cpu"),
+    ({"resources": {"cpu": 1, "gpu": 1}}, "resources.gpu"),
+    ({"grid": {"method.gamma": [1.0]}}, "gamma"),
+    ({"gird": {"method.beta": [0.1]}}, "gird"),
+])
+def test_bad_specs_exit_2_with_one_line(tmp_path, fields, needle):
+    result = run_cli("sweep", str(write_spec(tmp_path, **fields)))
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_shipped_specs_expand():
+    from sweeps.spec import expand, load_spec
+
+    sizes = {name: len(expand(*load_spec(name))) for name in ("quickstart", "beta_sensitivity", "method_comparison",
+                                                               "ultrafeedback_qwen")}
+    assert sizes["beta_sensitivity"] == 12 and sizes["method_comparison"] == 20 and sizes["quickstart"] >= 5
+    assert run_cli("sweep", "no_such_spec").returncode == 2
+
+
+def test_sweep_prepares_once_logs_to_wandb_and_writes_a_leaderboard(tmp_path, embedded):
+    path = write_spec(tmp_path, name="multi", base={**TINY, "wandb": {"mode": "offline"}},
+                      grid={"method.beta": [0.1, 0.3, 1.0]}, max_concurrent=2)
+    result = run_cli("sweep", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "sweeps" / "multi"
+    prepared = json.loads((root / "prepare.json").read_text())
+    assert len(prepared) == 1  # one distinct setup for the three trials: prepared once
+    records = [json.loads(p.read_text()) for p in sorted(root.glob("runs/*/record.json"))]
+    assert len(records) == 3 and all(r["status"] == "completed" for r in records)
+    for r in records:  # the trials only read what prepare computed
+        assert r["metrics"]["reference_cache_hit"] is True and r["metrics"]["sft_cache_hit"] is True
+        assert r["spec"] == "multi"
+    assert sorted(r["method_params"]["beta"] for r in records) == [0.1, 0.3, 1.0]
+    assert (root / "leaderboard.md").is_file() and len((root / "leaderboard.csv").read_text().splitlines()) == 4
+    # W&B: one offline run per trial, grouped by the spec, with the training history and eval summary
+    files = sorted(root.glob("runs/*/wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 3
+    logged = summarize(files[0])
+    assert logged["exited"] and logged["group"] == "multi" and logged["job_type"] == "dpo"
+    assert any("train/loss" in row for row in logged["history"])
+    assert "win_rate" in logged["summary"] and "kl_to_sft" in logged["summary"]
+    assert logged["config"]["method.name"] == "dpo"
+    # the leaderboard is a pure function of the records
+    assert run_cli("leaderboard", str(root)).returncode == 0
+
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, embedded):
+    path = write_spec(tmp_path, name="killed", base={**TINY, "train": {"max_steps": 30, "save_steps": 10}},
+                      grid={"method.beta": [0.1, 0.2, 0.3, 0.4]}, resources={"cpu": 2}, max_concurrent=1)
+    root = tmp_path / "sweeps" / "killed"
+    driver = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(path)], cwd=REPO, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        finished = [p for p in root.glob("runs/*/record.json") if json.loads(p.read_text())["status"] == "completed"]
+        started = list(root.glob("runs/*/attempts.jsonl"))
+        if finished and len(started) > len(finished):
+            break
+        assert driver.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.5)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started in its session
+    driver.wait()
+    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=120)
+    done_before = {p.parent.name for p in root.glob("runs/*/record.json") if json.loads(p.read_text())["status"] == "completed"}
+    assert 0 < len(done_before) < 4
+
+    result = run_cli("sweep", str(path), "--resume")
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = json.loads((root / "trials.json").read_text())
+    for trial in trials:
+        folder = root / "runs" / trial["name"]
+        assert len(list(folder.glob("record.json"))) == 1
+        assert json.loads((folder / "record.json").read_text())["status"] == "completed"
+        attempts = (folder / "attempts.jsonl").read_text().splitlines()
+        if trial["name"] in done_before:
+            assert len(attempts) == 1, f"{trial['name']} finished before the kill but ran again"

@@ -48,10 +48,14 @@ def select_best(records: pd.DataFrame, metric: str = "val_win_rate", mode: str =
     return best.sort_values("win_rate", ascending=False, ignore_index=True)
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    def cell(value) -> str:
-        return f"{value:.3f}" if isinstance(value, float) else str(value)
+def cell(value) -> str:
+    """3 decimals, or 3 significant digits for small numbers such as learning rates."""
+    if isinstance(value, float):
+        return f"{value:.3g}" if value and abs(value) < 0.01 else f"{value:.3f}"
+    return str(value)
 
+
+def to_markdown(table: pd.DataFrame) -> str:
     head = "| " + " | ".join(table.columns) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]

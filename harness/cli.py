@@ -74,16 +74,16 @@ def _print_leaderboard(folder, title: str, selection=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from evals.leaderboard import write_leaderboard
+    from evals.leaderboard import cell, write_leaderboard
 
     board = write_leaderboard(folder, selection=selection)
     table = Table(title=title)
     shown = [c for c in TERMINAL_COLUMNS if c in board.columns]
     for column in shown:
-        table.add_column(column.replace("_", " "), justify="left" if column in ("method", "params") else "right")
+        text = column in ("method", "params")
+        table.add_column(column.replace("_", " "), justify="left" if text else "right", no_wrap=text)
     for row in board[shown].itertuples(index=False):
-        table.add_row(*(f"{v:.3g}" if isinstance(v, float) and abs(v) < 0.01 and v else
-                        f"{v:.3f}" if isinstance(v, float) else str(v) for v in row))
+        table.add_row(*(cell(v) for v in row))
     Console(width=max(160, Console().width)).print(table)
     print(f"leaderboard: {folder}/leaderboard.md and leaderboard.csv")
 

@@ -86,8 +86,8 @@ def _product(grid: dict[str, list[Any]], where: str) -> list[dict[str, Any]]:
 
 
 def _slug(point: dict[str, Any]) -> str:
-    parts = [f"{k.split('.')[-1]}={v}" for k, v in point.items() if k != "method.name"]
-    return "-".join([str(point.get("method.name", ""))] + parts).strip("-").replace("/", "_")
+    """The grid values that tell this trial apart (the method name is added by the caller)."""
+    return "-".join(f"{k.split('.')[-1]}={v}" for k, v in point.items() if k != "method.name").replace("/", "_")
 
 
 def expand(spec: SweepSpec, spec_path: Path | str = "spec", overrides: list[str] | None = None) -> list[dict[str, Any]]:
@@ -113,9 +113,9 @@ def expand(spec: SweepSpec, spec_path: Path | str = "spec", overrides: list[str]
         tree = apply_overrides(tree, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
                                       for k, v in point.items()])
         tree.setdefault("name", spec.name)
-        cfg = build_config(tree, f"{where} (trial {_slug(point)})")
+        cfg = build_config(tree, f"{where} (trial {point})")
         method = methods.get(cfg.method.name, **cfg.method.params())
-        name = f"{_slug(point)}-{cfg.config_hash()[:6]}"
+        name = "-".join(filter(None, [cfg.method.name, _slug(point), cfg.config_hash()[:6]]))
         cfg = cfg.model_copy(update={"output_dir": str(root / "runs" / name)})
         if method.kind != "offline":
             raise BadInput(f"{where}: method {method.name!r} is {method.kind}; sweeps run offline methods")

@@ -204,12 +204,12 @@ def prepare(config: RunConfig | dict) -> dict[str, Any]:
     if not method.reference_free:
         prepared = prepare_examples(task.rows, formatter, method.paired, cfg.data.seed)
         done["reference_cache_hit"] = cached_reference(model, prepared, tokenizer.pad_token_id, cfg, sft_id)[1]
+    scorers = scorer_set(*make_scorers(cfg, task)) if cfg.eval.num_prompts else {}
     for split, prompts in (("eval", task.eval_prompts), ("val", task.val_prompts)):
         if prompts:
-            judge, gold = make_scorers(cfg, task)
             ids = [formatter.prompt_ids(p) for p in prompts]
-            done[f"sft_{split}_cache_hit"] = sft_side(model, tokenizer, prompts, ids, cfg.eval, scorer_set(judge, gold),
-                                                      cfg.cache_dir, sft_id)[1]
+            done[f"sft_{split}_cache_hit"] = sft_side(model, tokenizer, prompts, ids, cfg.eval, scorers, cfg.cache_dir,
+                                                      sft_id)[1]
     return done
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = ["method", "params", "learning_rate", "seeds", "win_rate", "win_rate_low", "win_rate_high", "gold_win_rate",
+COLUMNS = ["method", "params", "learning_rate", "seeds", "prompts", "win_rate", "win_rate_low", "win_rate_high", "gold_win_rate",
            "gold_reward", "gold_reward_sft", "kl_to_sft", "mean_length", "distinct_2", "heldout_pref_accuracy",
            "judge_agreement_gold", "final_train_loss"]
 
@@ -31,9 +31,10 @@ def leaderboard(records: pd.DataFrame, sort_by: str = "win_rate") -> pd.DataFram
     done = records[records["status"] == "completed"]
     if done.empty:
         return pd.DataFrame(columns=COLUMNS)
-    metrics = [c for c in COLUMNS[4:] if c in done.columns]
+    metrics = [c for c in COLUMNS[5:] if c in done.columns]
+    counts = {"prompts": ("num_prompts", "max")} if "num_prompts" in done.columns else {}
     table = done.groupby(["method", "params", "learning_rate"], as_index=False).agg(
-        seeds=("seed", "nunique"), **{m: (m, "mean") for m in metrics})
+        seeds=("seed", "nunique"), **counts, **{m: (m, "mean") for m in metrics})
     key = sort_by if sort_by in table.columns else metrics[0]
     return table.sort_values(key, ascending=False, ignore_index=True)[[c for c in COLUMNS if c in table.columns]]
 

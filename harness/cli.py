@@ -10,7 +10,7 @@ import time
 from .errors import BadInput
 
 # The leaderboard columns printed in the terminal (the .md/.csv files hold every column).
-TERMINAL_COLUMNS = ("method", "params", "learning_rate", "seeds", "win_rate", "win_rate_low", "win_rate_high",
+TERMINAL_COLUMNS = ("method", "params", "learning_rate", "seeds", "prompts", "win_rate", "win_rate_low", "win_rate_high",
                     "gold_reward", "gold_reward_sft", "kl_to_sft", "mean_length", "distinct_2", "heldout_pref_accuracy")
 
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
@@ -84,7 +84,7 @@ def _print_leaderboard(folder, title: str, selection=None) -> None:
         table.add_column(column.replace("_", " "), justify="left" if text else "right", no_wrap=text)
     for row in board[shown].itertuples(index=False):
         table.add_row(*(cell(v) for v in row))
-    Console(width=max(160, Console().width)).print(table)
+    Console(width=max(200, Console().width)).print(table)
     print(f"leaderboard: {folder}/leaderboard.md and leaderboard.csv")
 
 

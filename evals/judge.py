@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from harness.cache import cached_dir, key_of
 from harness.errors import BadInput
-from harness.models import fingerprint, pick_device
+from harness.models import fingerprint, looks_local, pick_device
 
 JUDGE_STEPS, JUDGE_BATCH, JUDGE_LR = 600, 32, 1e-3
 
@@ -30,7 +30,7 @@ class RewardModelJudge:
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         local = Path(path).expanduser()
-        if (path.startswith((".", "/", "~")) or path.count("/") > 1) and not local.exists():
+        if looks_local(path) and not local.exists():
             raise BadInput(f"eval.judge: reward model not found: {path}")
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -23,6 +23,7 @@ from typing import Any
 
 from .errors import BadInput
 from .logps import CHOSEN, MISMATCHED, REJECTED
+from .models import looks_local
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 HH_ASSISTANT = "\n\nAssistant:"
@@ -51,7 +52,7 @@ def load_rows(source: str, split: str = "train", subset: str | None = None, cach
                     dataset = _pick_split(dataset, split, str(path))
             else:
                 dataset = datasets.load_dataset(str(path), subset, split=split, cache_dir=cache_dir)
-        elif path.suffix in FILE_BUILDERS or source.startswith((".", "/", "~")) or source.count("/") > 1:
+        elif path.suffix in FILE_BUILDERS or looks_local(source):
             raise BadInput(f"data file not found: {source}")
         else:
             dataset = datasets.load_dataset(source, subset, split=split, cache_dir=cache_dir)

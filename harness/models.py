@@ -31,9 +31,13 @@ def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
     return getattr(torch, choice)
 
 
+def looks_local(path: str) -> bool:
+    """A path rather than a hub id ("org/name"): a missing one is an error, never a download attempt."""
+    return path.startswith((".", "/", "~")) or path.count("/") > 1
+
+
 def _check_exists(path: str) -> None:
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1
-    if looks_local and not Path(path).expanduser().exists():
+    if looks_local(path) and not Path(path).expanduser().exists():
         raise BadInput(f"model path not found: {path}")
 
 

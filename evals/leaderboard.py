@@ -41,7 +41,7 @@ def leaderboard(records: pd.DataFrame, sort_by: str = "win_rate") -> pd.DataFram
 
 def select_best(records: pd.DataFrame, metric: str = "val_win_rate", mode: str = "max") -> pd.DataFrame:
     """Each method's configuration that is best on `metric` (validation), reported with its test metrics."""
-    table = leaderboard(records.assign(_select=records.get(metric)), sort_by="win_rate")
+    table = leaderboard(records)
     scored = records[records["status"] == "completed"].groupby(["method", "params", "learning_rate"], as_index=False)[
         metric].mean()
     merged = table.merge(scored, on=["method", "params", "learning_rate"])

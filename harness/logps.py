@@ -7,7 +7,7 @@ padding never count towards the completion sum.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -32,10 +32,6 @@ class SequenceLogps:
     # Prompt tokens of the chosen rows (all but the first, which nothing predicts): TRL's ORPO NLL counts them.
     chosen_prompt: torch.Tensor | None = None
     chosen_prompt_tokens: torch.Tensor | None = None
-
-    def to(self, dtype: torch.dtype) -> "SequenceLogps":
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return replace(self, **{k: v.to(dtype) for k, v in moved.items() if v is not None})
 
 
 def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

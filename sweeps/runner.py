@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.errors import BadInput
 
 from .spec import SweepSpec, check_resources, expand
 
@@ -42,7 +41,7 @@ def run_trial(params: dict[str, Any]) -> None:
     tune.report({k: v for k, v in record.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
-def _ray_init(address: str | None, resources) -> None:
+def _ray_init(address: str | None) -> None:
     import ray
 
     os.environ.setdefault("RAY_TMPDIR", "/tmp/ray-h")  # Ray's socket paths must stay under 107 bytes
@@ -80,7 +79,7 @@ def run_sweep(spec: SweepSpec, spec_path: Path | str, *, resume: bool = False, a
             prepared[key] = {"trial": trial["name"], **pipeline.prepare(c)}
     (root / "prepare.json").write_text(json.dumps(list(prepared.values()), indent=1))
 
-    _ray_init(address, spec.resources)
+    _ray_init(address)
     try:
         check_resources(spec.resources, ray.cluster_resources(), str(spec_path))
         trainable = tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})

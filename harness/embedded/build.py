@@ -9,7 +9,6 @@ prompts and a disjoint split of pairs for the judge. Every model is loaded back 
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +103,6 @@ def _build(cfg: TaskConfig, out: Path) -> None:
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(out / "tokenizer")
     model = build_base_model(tokenizer, cfg.seed)
-    random.seed(cfg.seed)
     losses = train_sft(model, tokenizer, sft_rows, cfg.sft_steps, cfg.seed)
     model.save_pretrained(out / "sft")  # safetensors
     tokenizer.save_pretrained(out / "sft")

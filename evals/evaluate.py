@@ -19,9 +19,9 @@ from harness.generation import sample
 from harness.logps import CHOSEN
 from harness.trainer import sequence_logps_of
 
-from .metrics import distinct_n, kl_from_samples
+from .metrics import distinct_n, distinct_n_per_response, is_plain_sampling, kl_from_samples, repeat_rate
 from .scorers import Scorer
-from .winrate import win_rate
+from .winrate import prompt_outcomes, win_rate
 
 
 def _generate(model, tokenizer, prompt_ids, cfg: EvalConfig, desc: str) -> list[list[int]]:
@@ -69,10 +69,41 @@ def scorer_set(judge: Scorer, gold: Scorer | None) -> dict[str, Scorer]:
     return {"judge": judge, **({"gold": gold} if gold is not None else {})}
 
 
+def _ordered_share(chosen, rejected) -> float:
+    """Share of pairs whose chosen side scores higher; a tie counts one half (a scorer that cannot tell
+    the two apart is a coin flip, not wrong)."""
+    chosen, rejected = np.asarray(chosen, dtype=np.float64), np.asarray(rejected, dtype=np.float64)
+    return float(np.mean((chosen > rejected) + 0.5 * (chosen == rejected)))
+
+
+def judge_validity(judge_diff: np.ndarray, gold_diff: np.ndarray, judge_outcome: np.ndarray, gold_outcome: np.ndarray,
+                   n_boot: int, seed: int) -> dict[str, Any]:
+    """Is the judge right about *this* run? Its agreement with gold on the run's own policy-vs-SFT
+    comparisons (those gold does not tie), and the gap between the judge's and gold's win rates with a
+    paired bootstrap interval over prompts; `judge_gap_flag` when that interval excludes 0."""
+    decided = gold_diff != 0
+    agreement = float((np.sign(judge_diff[decided]) == np.sign(gold_diff[decided])).mean()) if decided.any() else None
+    gap = judge_outcome - gold_outcome
+    rng = np.random.default_rng(seed)
+    resampled = gap[rng.integers(0, len(gap), size=(n_boot, len(gap)))].mean(axis=1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return {"judge_agreement_run": agreement, "judge_agreement_run_comparisons": int(decided.sum()),
+            "judge_gold_gap": float(gap.mean()), "judge_gold_gap_low": float(low), "judge_gold_gap_high": float(high),
+            "judge_gap_flag": bool(low > 0 or high < 0)}
+
+
+def response_metrics(texts: list[str], completions: list[list[int]], eos: int | None) -> dict[str, float]:
+    return {"mean_length": float(np.mean([len(c) - (c[-1:] == [eos]) for c in completions])),
+            "distinct_2": distinct_n(texts), "distinct_2_per_response": distinct_n_per_response(texts),
+            "repeat_rate": repeat_rate(texts)}
+
+
 def evaluate(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], cfg: EvalConfig, judge: Scorer,
              *, sft_model, sft_fingerprint: str, cache_dir: str, gold: Scorer | None = None,
              sft_mode: Callable = contextlib.nullcontext, output_dir: Path | None = None) -> dict[str, Any]:
-    """Win rate of `policy` over the SFT model by `judge` (and by `gold` where known), KL to SFT, length, distinct-2."""
+    """Win rate of `policy` over the SFT model by `judge` (and by `gold` where known, with the judge's
+    validity on this run's outputs), KL to SFT from plain samples, length, diversity and repetition.
+    `per_prompt` holds each scorer's outcome per prompt (what seed aggregation and significance tests need)."""
     scorers = scorer_set(judge, gold)
     sft, sft_hit = sft_side(sft_model, tokenizer, prompts, prompt_ids, cfg, scorers, cache_dir, sft_fingerprint, sft_mode)
     completions = _generate(policy, tokenizer, prompt_ids, cfg, "policy samples")
@@ -83,11 +114,15 @@ def evaluate(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], cfg:
     def per_prompt(values) -> np.ndarray:  # sample-major flat list -> prompts x samples
         return np.asarray(values, dtype=np.float64).reshape(k, n).T
 
-    metrics: dict[str, Any] = {"num_prompts": n, "samples_per_prompt": k, "judge": judge.name, "sft_cache_hit": sft_hit}
+    metrics: dict[str, Any] = {"num_prompts": n, "samples_per_prompt": k, "judge": judge.name, "sft_cache_hit": sft_hit,
+                               "eval_decoding": f"temperature={cfg.temperature} top_p={cfg.top_p}"}
+    outcomes, diffs = {}, {}
     for name, scorer in scorers.items():
         policy_scores = _checked_scores(scorer, repeated, texts)
         result = win_rate(per_prompt(policy_scores), per_prompt(sft["scores"][name]), tie_eps=cfg.tie_eps,
                           n_boot=cfg.n_boot, seed=cfg.seed)
+        outcomes[name], diffs[name] = prompt_outcomes(per_prompt(policy_scores), per_prompt(sft["scores"][name]),
+                                                      cfg.tie_eps)
         prefix = "" if name == "judge" else "gold_"
         metrics.update({f"{prefix}win_rate": result.rate, f"{prefix}win_rate_low": result.low,
                         f"{prefix}win_rate_high": result.high, f"{prefix}wins": result.wins,
@@ -95,20 +130,25 @@ def evaluate(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], cfg:
                         f"{prefix}soft_win_rate": result.soft,
                         f"{name}_reward": float(policy_scores.mean()),
                         f"{name}_reward_sft": float(np.mean(sft["scores"][name]))})
+    if gold is not None and gold is not judge:
+        metrics.update(judge_validity(diffs["judge"], diffs["gold"], outcomes["judge"], outcomes["gold"], cfg.n_boot,
+                                      cfg.seed))
 
-    examples = [[(p, c, CHOSEN)] for p, c in zip(prompt_ids * k, completions)]
+    # KL is only estimable from plain samples of the policy: other decodings get their own plain draws.
+    plain = is_plain_sampling(cfg.temperature, cfg.top_p)
+    kl_completions = completions if plain else _generate(
+        policy, tokenizer, prompt_ids, cfg.model_copy(update={"temperature": 1.0, "top_p": 1.0}), "plain samples for KL")
+    examples = [[(p, c, CHOSEN)] for p, c in zip(prompt_ids * k, kl_completions)]
     pad = tokenizer.pad_token_id
     policy_logps = [v[0] for v in sequence_logps_of(policy, examples, pad, cfg.batch_size, "KL: policy")]
     with sft_mode():
         sft_logps = [v[0] for v in sequence_logps_of(sft_model, examples, pad, cfg.batch_size, "KL: SFT")]
+    metrics.update(kl_from_samples(policy_logps, sft_logps, [len(c) for c in kl_completions], n))
+    metrics["kl_decoding"] = "plain" if plain else "plain, separate samples"
     eos = tokenizer.eos_token_id
-    metrics.update({
-        "kl_to_sft": kl_from_samples(policy_logps, sft_logps),
-        "mean_length": float(np.mean([len(c) - (c[-1:] == [eos]) for c in completions])),
-        "mean_length_sft": float(np.mean([len(c) - (c[-1:] == [eos]) for c in sft["completions"]])),
-        "distinct_2": distinct_n(texts),
-        "distinct_2_sft": distinct_n(sft["texts"]),
-    })
+    metrics.update(response_metrics(texts, completions, eos))
+    metrics.update({f"{key}_sft": value for key, value in response_metrics(sft["texts"], sft["completions"], eos).items()})
+    metrics["per_prompt"] = {name: [round(float(v), 6) for v in outcome] for name, outcome in outcomes.items()}
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         with (output_dir / "generations.jsonl").open("w") as handle:
@@ -118,19 +158,31 @@ def evaluate(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], cfg:
 
 
 def preference_accuracy(method, policy, sft_model, examples, pad_token_id: int, batch_size: int = 64,
-                        sft_mode: Callable = contextlib.nullcontext) -> float:
-    """Share of held-out pairs whose chosen response gets the higher implicit reward of `method`
-    (its own definition: log-ratio to the SFT model, or average log-prob for reference-free methods)."""
+                        sft_mode: Callable = contextlib.nullcontext) -> dict[str, float]:
+    """Share of held-out pairs whose chosen response gets the higher implicit reward of `method` (its own
+    definition: log-ratio to the SFT model, or average log-prob for reference-free methods; ties count one
+    half), for the policy and, under the same definition, for the untrained SFT model: the gain is what
+    training added (a log-ratio scores exactly 0.5 at SFT, an average log-prob does not)."""
     import torch
 
     policy_side = torch.tensor(sequence_logps_of(policy, examples, pad_token_id, batch_size, "held-out: policy"))
-    reference_side = None
-    if not method.reference_free:
-        with sft_mode():
-            reference_side = torch.tensor(sequence_logps_of(sft_model, examples, pad_token_id, batch_size, "held-out: SFT"))
+    with sft_mode():
+        sft_side = torch.tensor(sequence_logps_of(sft_model, examples, pad_token_id, batch_size, "held-out: SFT"))
     tokens = torch.tensor([[len(c) for _, c, _ in example] for example in examples], dtype=torch.float64)
-    rewards = method.implicit_reward(policy_side.double(), None if reference_side is None else reference_side.double(), tokens)
-    return float((rewards[:, 0] > rewards[:, 1]).double().mean())
+    reference = None if method.reference_free else sft_side.double()
+    policy_rewards = method.implicit_reward(policy_side.double(), reference, tokens)
+    sft_rewards = method.implicit_reward(sft_side.double(), reference, tokens)
+    accuracy = _ordered_share(policy_rewards[:, 0], policy_rewards[:, 1])
+    baseline = _ordered_share(sft_rewards[:, 0], sft_rewards[:, 1])
+    return {"heldout_pref_accuracy": accuracy, "heldout_pref_accuracy_sft": baseline,
+            "heldout_pref_gain": accuracy - baseline}
+
+
+def preference_ceiling(gold: Scorer, pairs: list[dict]) -> float:
+    """The held-out preference accuracy of the gold reward itself: the labels are noisy Bradley-Terry draws,
+    so no scorer is expected to beat this."""
+    prompts = [r["prompt"] for r in pairs]
+    return _ordered_share(gold.score(prompts, [r["chosen"] for r in pairs]), gold.score(prompts, [r["rejected"] for r in pairs]))
 
 
 def judge_agreement(judge: Scorer, gold: Scorer, pairs: list[dict]) -> float:

@@ -124,14 +124,17 @@ def train_bt_judge(base_path: str, pairs: list[dict], out: Path, *, steps: int =
 
 
 def embedded_judge(assets, cache_dir: str) -> tuple[str, bool]:
-    """The embedded task's judge: trained on its judge split (disjoint from the training pairs and the eval
-    prompts' samples), with its agreement with the gold reward on held-out pairs stored beside it."""
+    """The embedded task's judge: trained on its judge split (prompts disjoint from training, validation and
+    test), with its agreement with the gold reward on held-out pairs (test prompts) stored beside it."""
+    from harness.embedded.build import BUILD_THREADS, build_threads
     from harness.embedded.task import gold_reward
 
-    key = key_of("embedded-judge", str(assets.root.name), JUDGE_STEPS, JUDGE_BATCH, JUDGE_LR, torch.__version__)
+    key = key_of("embedded-judge", str(assets.root.name), JUDGE_STEPS, JUDGE_BATCH, JUDGE_LR, BUILD_THREADS,
+                 torch.__version__)
 
     def build(out: Path) -> None:
-        train_bt_judge(assets.sft_path, assets.judge_pairs, out)
+        with build_threads():
+            train_bt_judge(assets.sft_path, assets.judge_pairs, out)
         judge = RewardModelJudge(str(out), device="cpu")
         held = assets.heldout_pairs
         prompts = [r["prompt"] for r in held]

@@ -36,17 +36,25 @@ def _as_matrix(scores, name: str) -> np.ndarray:
     return array
 
 
-def win_rate(policy_scores, sft_scores, tie_eps: float = 0.0, n_boot: int = 1000, seed: int = 0) -> WinRate:
+def prompt_outcomes(policy_scores, sft_scores, tie_eps: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Per prompt, every policy sample is compared with every SFT sample: win 1, tie (|diff| <= tie_eps) 1/2,
-    loss 0; the k x k outcomes are averaged within the prompt first, then over prompts. The interval is the
-    2.5/97.5 percentile of `n_boot` resamples of prompts (seeded: same seed, same interval)."""
+    loss 0. Returns the outcome of each prompt (its k x k comparisons averaged) and the score differences
+    (prompts x k_policy x k_sft)."""
     policy, sft = _as_matrix(policy_scores, "policy_scores"), _as_matrix(sft_scores, "sft_scores")
     if policy.shape[0] != sft.shape[0]:
         raise ValueError(f"policy has {policy.shape[0]} prompts but sft has {sft.shape[0]}")
-    diff = policy[:, :, None] - sft[:, None, :]  # prompts x k_policy x k_sft
+    diff = policy[:, :, None] - sft[:, None, :]
+    tie = np.abs(diff) <= tie_eps
+    outcome = (((diff > 0) & ~tie) + 0.5 * tie).reshape(len(diff), -1).mean(axis=1)
+    return outcome, diff
+
+
+def win_rate(policy_scores, sft_scores, tie_eps: float = 0.0, n_boot: int = 1000, seed: int = 0) -> WinRate:
+    """The mean of `prompt_outcomes` over prompts, with the 2.5/97.5 percentile of `n_boot` resamples of
+    prompts as its interval (seeded: same seed, same interval)."""
+    outcome, diff = prompt_outcomes(policy_scores, sft_scores, tie_eps)
     tie = np.abs(diff) <= tie_eps
     win = (diff > 0) & ~tie
-    outcome = (win + 0.5 * tie).reshape(len(diff), -1).mean(axis=1)
     rng = np.random.default_rng(seed)
     resampled = outcome[rng.integers(0, len(outcome), size=(n_boot, len(outcome)))].mean(axis=1)
     low, high = np.percentile(resampled, [2.5, 97.5])

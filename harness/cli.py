@@ -39,13 +39,24 @@ def _summary_rows(record) -> list[tuple[str, str]]:
                 rows += [("win rate vs SFT (gold)", f"{m['gold_win_rate']:.3f} [{m['gold_win_rate_low']:.3f}, "
                                                     f"{m['gold_win_rate_high']:.3f}]")]
             rows += [("gold reward: SFT -> policy", f"{m['gold_reward_sft']:.3f} -> {m['gold_reward']:.3f}")]
-        if "judge_agreement_gold" in m:
-            rows += [("judge agreement with gold (held-out pairs)", f"{m['judge_agreement_gold']:.3f}")]
+        if "judge_agreement_heldout" in m:
+            rows += [("judge agreement with gold (held-out pairs)", f"{m['judge_agreement_heldout']:.3f}")]
+        if m.get("judge_agreement_run") is not None:
+            flag = "  FLAG: the judge and gold disagree on this run" if m["judge_gap_flag"] else ""
+            rows += [("judge agreement with gold (this run's outputs)", f"{m['judge_agreement_run']:.3f}"),
+                     ("judge - gold win rate", f"{m['judge_gold_gap']:+.3f} [{m['judge_gold_gap_low']:+.3f}, "
+                                              f"{m['judge_gold_gap_high']:+.3f}]{flag}")]
         if "heldout_pref_accuracy" in m:
-            rows += [(f"held-out preference accuracy ({m['heldout_pairs']} pairs)", f"{m['heldout_pref_accuracy']:.3f}")]
-        rows += [("KL(policy || SFT), nats", f"{m['kl_to_sft']:.3f}"),
+            ceiling = f", gold ceiling {m['heldout_pref_ceiling']:.3f}" if "heldout_pref_ceiling" in m else ""
+            rows += [(f"held-out preference accuracy ({m['heldout_pairs']} pairs)",
+                      f"{m['heldout_pref_accuracy']:.3f} (SFT {m['heldout_pref_accuracy_sft']:.3f}{ceiling})")]
+        rows += [(f"KL(policy || SFT), nats ({m['kl_decoding']} samples)",
+                  f"{m['kl_to_sft']:.3f} ± {m['kl_to_sft_se']:.3f} se, {m['kl_per_token']:.3f} per token"),
                  ("mean length: SFT -> policy (tokens)", f"{m['mean_length_sft']:.1f} -> {m['mean_length']:.1f}"),
-                 ("distinct-2: SFT -> policy", f"{m['distinct_2_sft']:.3f} -> {m['distinct_2']:.3f}")]
+                 ("distinct-2 within a response: SFT -> policy",
+                  f"{m['distinct_2_per_response_sft']:.3f} -> {m['distinct_2_per_response']:.3f}"),
+                 ("repeat rate: SFT -> policy", f"{m['repeat_rate_sft']:.3f} -> {m['repeat_rate']:.3f}"),
+                 ("pairs seen in training", f"{m['pairs_seen']:g}")]
     if "wall_time_s" in m:
         rows += [("wall time", f"{m['wall_time_s']:.1f} s")]
     rows += [("run record", f"{record.output_dir}/record.json")]

@@ -27,7 +27,8 @@ from .tracking import Tracker
 from .trainer import sequence_logps_of, train_loop
 
 
-VAL_METRICS = ("win_rate", "win_rate_low", "win_rate_high", "gold_win_rate", "gold_reward", "kl_to_sft", "num_prompts")
+VAL_METRICS = ("win_rate", "win_rate_low", "win_rate_high", "gold_win_rate", "gold_reward", "kl_to_sft", "kl_to_sft_se",
+               "num_prompts")
 
 
 @dataclass
@@ -148,7 +149,9 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
         method_facts={"reference_free": method.reference_free, "paired": method.paired, "kind": method.kind},
         config=cfg.resolved(), config_hash=cfg.config_hash(), output_dir=str(output_dir),
         dataset={"source": cfg.data.source, "fingerprint": prepared.fingerprint, "sft_model": task.sft_path,
-                 "sft_fingerprint": sft_id, **task.stats, **prepared.stats, "eval_prompts": len(task.eval_prompts)},
+                 "sft_fingerprint": sft_id, **task.stats, **prepared.stats, "eval_prompts": len(task.eval_prompts),
+                 "eval_prompts_fingerprint": key_of(task.eval_prompts), "val_prompts": len(task.val_prompts),
+                 "val_prompts_fingerprint": key_of(task.val_prompts)},
         versions=versions(), hardware=hardware())
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -167,10 +170,14 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
         metrics: dict[str, Any] = {
             "first_train_loss": state.first_loss, "final_train_loss": state.history[-1]["loss"],
             "train_steps": state.step, "train_time_s": state.seconds,
+            # The data budget in preference pairs: an unpaired row (KTO) is half a pair.
+            "pairs_seen": state.examples * (1.0 if method.paired else 0.5),
             "tokens_per_s": state.tokens / state.seconds if state.seconds else None,
             "reference_cache_hit": reference_hit}
         if cfg.eval.num_prompts and accelerator.is_main_process:
-            metrics.update(evaluate_run(policy, tokenizer, formatter, task, cfg, method, sft_id, output_dir, *scorers))
+            evaluated, record.outcomes = evaluate_run(policy, tokenizer, formatter, task, cfg, method, sft_id, output_dir,
+                                                      *scorers)
+            metrics.update(evaluated)
         metrics["wall_time_s"] = time.perf_counter() - started
         record.metrics, record.status = metrics, "completed"
         tracker.summary(metrics)
@@ -224,9 +231,10 @@ def make_scorers(cfg: RunConfig, task: TaskData):
 
 
 def evaluate_run(policy, tokenizer, formatter, task: TaskData, cfg: RunConfig, method, sft_id: str, output_dir: Path,
-                 judge, gold) -> dict:
-    """Win rate vs SFT (judge and gold), KL, length, repetition, held-out preference accuracy, judge agreement."""
-    from evals.evaluate import evaluate, judge_agreement, preference_accuracy
+                 judge, gold) -> tuple[dict, dict]:
+    """Win rate vs SFT (judge and gold), KL, length, diversity, held-out preference accuracy with its SFT
+    baseline and gold ceiling, judge agreement. Returns (metrics, per-prompt outcomes by split)."""
+    from evals.evaluate import evaluate, judge_agreement, preference_accuracy, preference_ceiling
 
     if hasattr(policy, "disable_adapter") and hasattr(policy, "peft_config"):
         sft_model, sft_mode = policy, lambda: reference_weights(policy)  # LoRA: the base is the SFT model
@@ -236,19 +244,23 @@ def evaluate_run(policy, tokenizer, formatter, task: TaskData, cfg: RunConfig, m
     prompt_ids = [formatter.prompt_ids(p) for p in task.eval_prompts]
     metrics = evaluate(policy, tokenizer, task.eval_prompts, prompt_ids, cfg.eval, judge, sft_model=sft_model,
                        sft_fingerprint=sft_id, cache_dir=cfg.cache_dir, gold=gold, output_dir=output_dir / "eval", **kwargs)
+    outcomes = {"test": metrics.pop("per_prompt")}
     if task.val_prompts:
         val_ids = [formatter.prompt_ids(p) for p in task.val_prompts]
         val = evaluate(policy, tokenizer, task.val_prompts, val_ids, cfg.eval, judge, sft_model=sft_model,
                        sft_fingerprint=sft_id, cache_dir=cfg.cache_dir, gold=gold, **kwargs)
+        outcomes["val"] = val.pop("per_prompt")
         metrics.update({f"val_{k}": v for k, v in val.items() if k in VAL_METRICS})
     if task.heldout_pairs:
         heldout = prepare_examples(task.heldout_pairs, formatter, paired=True)
-        metrics["heldout_pref_accuracy"] = preference_accuracy(method, policy, sft_model, heldout.examples,
-                                                               tokenizer.pad_token_id, cfg.eval.batch_size, **kwargs)
+        metrics.update(preference_accuracy(method, policy, sft_model, heldout.examples, tokenizer.pad_token_id,
+                                           cfg.eval.batch_size, **kwargs))
         metrics["heldout_pairs"] = len(heldout.examples)
-        if gold is not None and judge is not gold:
-            metrics["judge_agreement_gold"] = judge_agreement(judge, gold, task.heldout_pairs)
-    return metrics
+        if gold is not None:
+            metrics["heldout_pref_ceiling"] = preference_ceiling(gold, task.heldout_pairs)
+            if judge is not gold:
+                metrics["judge_agreement_heldout"] = judge_agreement(judge, gold, task.heldout_pairs)
+    return metrics, outcomes
 
 
 def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> RunRecord:
@@ -279,7 +291,7 @@ def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> R
     else:
         policy = load_causal_lm(str(run_dir / "model"), cfg.model)
     sft_id = fingerprint(task.sft_path, cfg.model.revision)
-    metrics = evaluate_run(policy, tokenizer, formatter, task, cfg, method, sft_id, run_dir, judge, gold)
+    metrics, record.outcomes = evaluate_run(policy, tokenizer, formatter, task, cfg, method, sft_id, run_dir, judge, gold)
     record.metrics.update(metrics)
     record.config = cfg.resolved()
     record.write(run_dir)

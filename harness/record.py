@@ -30,6 +30,9 @@ class RunRecord(BaseModel):
     config_hash: str
     dataset: dict[str, Any] = Field(default_factory=dict)  # fingerprint, source, sizes, truncation counts
     metrics: dict[str, Any] = Field(default_factory=dict)
+    # Per-prompt win outcomes (1 win, 1/2 tie, 0 loss; k x k samples averaged) by split ("test", "val") and
+    # scorer ("judge", "gold"): what seed aggregation and paired significance tests are computed from.
+    outcomes: dict[str, dict[str, list[float]]] = Field(default_factory=dict)
     versions: dict[str, str | None] = Field(default_factory=dict)
     hardware: dict[str, Any] = Field(default_factory=dict)
     output_dir: str

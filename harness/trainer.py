@@ -72,6 +72,7 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0
     tokens: int = 0
+    examples: int = 0  # training examples consumed, over all processes (a pair, or one unpaired row)
     seconds: float = 0.0
     first_loss: float | None = None
     history: list[dict] = field(default_factory=list)
@@ -135,6 +136,7 @@ def train_loop(accelerator, model, method, examples, reference, pad_token_id: in
                 scheduler.step()
                 optimizer.zero_grad()
             state.tokens += int(batch["attention_mask"].sum())
+            state.examples += int(batch["num_examples"]) * accelerator.num_processes
             window.append({"loss": out.loss.item(), **out.metrics})
             if not accelerator.sync_gradients:
                 continue

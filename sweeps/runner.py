@@ -69,6 +69,8 @@ def run_sweep(spec: SweepSpec, spec_path: Path | str, *, resume: bool = False, a
     storage = root.parent
     root.mkdir(parents=True, exist_ok=True)
     (root / "trials.json").write_text(json.dumps([{k: t[k] for k in ("name", "point")} for t in trials], indent=1))
+    # The spec travels with its records: `harness leaderboard DIR` applies the selection rule stored here.
+    (root / "spec.json").write_text(spec.model_dump_json(indent=1))
 
     # Prepare once per distinct (model, data, eval) setup; the trials then only read the cache.
     prepared: dict[str, Any] = {}

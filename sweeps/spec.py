@@ -37,11 +37,15 @@ class Resources(BaseModel):
 
 
 class Selection(BaseModel):
-    """Pick each method's best configuration on the validation prompts, report it on the test prompts."""
+    """Pick each method's best configuration on the validation prompts, report it on the test prompts.
+
+    A configuration is eligible when its mean validation KL to SFT (over seeds) is within `kl_budget`
+    nats, so methods are compared at matched drift rather than at whatever KL one learning rate gives."""
 
     model_config = ConfigDict(extra="forbid")
     metric: str = "val_win_rate"
     mode: str = Field("max", pattern="^(max|min)$")
+    kl_budget: float | None = Field(None, gt=0, description="max mean val_kl_to_sft (nats) of an eligible configuration")
 
 
 class SweepSpec(BaseModel):

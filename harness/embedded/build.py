@@ -1,13 +1,20 @@
 """Builds the embedded task's assets once per task config, cached on disk:
 
 a word-level tokenizer (built with `tokenizers`), a tiny Llama initialised from a seed and saved with
-`save_pretrained`, its SFT on the base response distribution, the preference pairs (train), the eval
-prompts and a disjoint split of pairs for the judge. Every model is loaded back through the same
-`from_pretrained` path as any hub model.
+`save_pretrained`, its SFT on the base response distribution, the preference pairs (train), the judge's
+pairs, the validation and test prompts, and labelled held-out pairs, each split drawn from its own
+disjoint set of (item, aspect) prompts. Every model is loaded back through the same `from_pretrained`
+path as any hub model.
+
+Builds run on BUILD_THREADS torch threads whatever the machine has: the reduction order of a parallel
+matmul depends on the thread count, so the same CPU type then gives bit-identical assets. Another CPU
+type (other SIMD kernels) rounds differently and trains a slightly different SFT model: its fingerprint,
+stored in every run record, tells them apart.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +26,23 @@ from ..cache import cached_dir, key_of
 from ..config import TaskConfig
 from .task import VOCAB, ReviewTask
 
-TASK_VERSION = 3  # bump when the task or the model recipe changes: it is part of the cache key
+TASK_VERSION = 4  # bump when the task or the model recipe changes: it is part of the cache key
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=4, max_position_embeddings=128)
 SFT_BATCH, SFT_LR = 32, 3e-3
+BUILD_THREADS = 2
+
+
+@contextlib.contextmanager
+def build_threads():
+    """Run a build on BUILD_THREADS threads (see the module docstring), then restore the caller's count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @dataclass
@@ -35,6 +54,7 @@ class EmbeddedAssets:
     val_prompts: list[str]
     judge_pairs: list[dict]
     heldout_pairs: list[dict]
+    splits: dict[str, list[list[str]]]  # split name -> its (item, aspect) combinations
     cache_hit: bool
 
 
@@ -90,27 +110,30 @@ def train_sft(model, tokenizer, rows: list[dict], steps: int, seed: int) -> list
 
 def _build(cfg: TaskConfig, out: Path) -> None:
     task = ReviewTask(seed=cfg.seed, label_temperature=cfg.label_temperature)
-    train_pairs = task.preference_pairs(task.prompts(cfg.num_train_pairs))
-    eval_prompts = task.prompts(cfg.num_eval_prompts)
-    judge_pairs = task.preference_pairs(task.prompts(cfg.num_judge_pairs))
-    heldout_pairs = task.preference_pairs(task.prompts(500))
-    val_prompts = task.prompts(cfg.num_val_prompts)
-    sft_rows = [{"prompt": p, "response": task.response(p)} for p in task.prompts(cfg.num_sft_examples)]
+    splits = task.split_combinations()
+    train_pairs = task.preference_pairs(task.prompts(cfg.num_train_pairs, splits["train"]))
+    eval_prompts = task.prompts(cfg.num_eval_prompts, splits["test"])
+    judge_pairs = task.preference_pairs(task.prompts(cfg.num_judge_pairs, splits["judge"]))
+    # Labelled pairs on test prompts: held-out preference accuracy and the judge's agreement with gold.
+    heldout_pairs = task.preference_pairs(task.prompts(500, splits["test"]))
+    val_prompts = task.prompts(cfg.num_val_prompts, splits["val"])
+    sft_rows = [{"prompt": p, "response": task.response(p)} for p in task.prompts(cfg.num_sft_examples, splits["train"])]
     (out / "data.json").write_text(json.dumps({
-        "train_pairs": train_pairs, "eval_prompts": eval_prompts,
-        "judge_pairs": judge_pairs, "heldout_pairs": heldout_pairs, "val_prompts": val_prompts}))
+        "train_pairs": train_pairs, "eval_prompts": eval_prompts, "judge_pairs": judge_pairs,
+        "heldout_pairs": heldout_pairs, "val_prompts": val_prompts, "splits": splits}))
 
     tokenizer = build_tokenizer()
     tokenizer.save_pretrained(out / "tokenizer")
-    model = build_base_model(tokenizer, cfg.seed)
-    losses = train_sft(model, tokenizer, sft_rows, cfg.sft_steps, cfg.seed)
+    with build_threads():
+        model = build_base_model(tokenizer, cfg.seed)
+        losses = train_sft(model, tokenizer, sft_rows, cfg.sft_steps, cfg.seed)
     model.save_pretrained(out / "sft")  # safetensors
     tokenizer.save_pretrained(out / "sft")
     (out / "sft_log.json").write_text(json.dumps({"first_loss": losses[0], "final_loss": sum(losses[-20:]) / 20}))
 
 
 def prepare_embedded(cfg: TaskConfig, cache_dir: str) -> EmbeddedAssets:
-    key = key_of(TASK_VERSION, cfg.model_dump(), MODEL_SHAPE, SFT_BATCH, SFT_LR, torch.__version__)
+    key = key_of(TASK_VERSION, cfg.model_dump(), MODEL_SHAPE, SFT_BATCH, SFT_LR, BUILD_THREADS, torch.__version__)
     root, hit = cached_dir(cache_dir, "embedded-task", key, lambda out: _build(cfg, out))
     data = json.loads((root / "data.json").read_text())
     return EmbeddedAssets(root=root, sft_path=str(root / "sft"), cache_hit=hit, **data)

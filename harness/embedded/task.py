@@ -5,6 +5,10 @@ sentences ("the pizza price is great and lovely ."). The base response distribut
 model learns) mixes positive, negative and neutral adjectives, on- and off-topic items and aspects,
 and some degenerate text: repeated adjectives and run-on responses.
 
+Prompts are split by identity: each (item, aspect) combination belongs to one of train (SFT and the
+preference pairs), judge, val and test, so validation and test prompts are never trained on and the
+judge is checked on prompts it never saw.
+
 Gold reward, designed so that over-optimising a learned reward shows:
     + sentiment of the *distinct* adjectives (+1 positive, -1 negative, 0 neutral), capped at SENTIMENT_CAP
     + 1 if a sentence is about the prompt's item, + 1 if one is about its item *and* aspect
@@ -23,8 +27,10 @@ import random
 from dataclasses import dataclass
 
 ITEMS = ["pizza", "burger", "phone", "laptop", "hotel", "camera", "movie", "novel",
-         "guitar", "bike", "coffee", "jacket", "sofa", "lamp", "watch", "garden"]
-ASPECTS = ["price", "quality", "design", "service", "size", "color", "sound", "smell"]
+         "guitar", "bike", "coffee", "jacket", "sofa", "lamp", "watch", "garden",
+         "tablet", "printer", "kettle", "blender", "tent", "boots", "piano", "train"]
+ASPECTS = ["price", "quality", "design", "service", "size", "color", "sound", "smell",
+           "comfort", "speed", "taste", "weight"]
 POSITIVE = ["great", "good", "excellent", "lovely", "superb", "perfect", "amazing", "nice",
             "solid", "charming", "brilliant", "fantastic"]
 NEGATIVE = ["bad", "awful", "poor", "terrible", "cheap", "ugly", "boring", "broken", "weak", "dull"]
@@ -38,6 +44,10 @@ TARGET_WORDS = 16
 LENGTH_PENALTY = 0.25
 REPEAT_PENALTY = 1.0
 OFF_TOPIC_PENALTY = 0.5
+
+# Held out means disjoint: every (item, aspect) prompt belongs to exactly one split. Per item, its aspects
+# are dealt out in these numbers, so every item appears in every split (only the combination is new).
+SPLIT_ASPECTS = {"train": 6, "judge": 2, "val": 2, "test": 2}
 
 
 def prompt_text(item: str, aspect: str) -> str:
@@ -86,8 +96,21 @@ class ReviewTask:
     def __post_init__(self):
         self.rng = random.Random(self.seed)
 
-    def prompts(self, n: int) -> list[str]:
-        return [prompt_text(self.rng.choice(ITEMS), self.rng.choice(ASPECTS)) for _ in range(n)]
+    def split_combinations(self) -> dict[str, list[tuple[str, str]]]:
+        """Disjoint sets of (item, aspect) prompts: train (SFT and preference pairs), judge, val and test."""
+        splits: dict[str, list[tuple[str, str]]] = {name: [] for name in SPLIT_ASPECTS}
+        for item in ITEMS:
+            aspects = self.rng.sample(ASPECTS, len(ASPECTS))
+            for name, count in SPLIT_ASPECTS.items():
+                splits[name] += [(item, aspect) for aspect in aspects[:count]]
+                aspects = aspects[count:]
+        return splits
+
+    def prompts(self, n: int, combinations: list[tuple[str, str]] | None = None) -> list[str]:
+        """n prompts drawn uniformly from `combinations` (default: every item x aspect)."""
+        if combinations is None:
+            return [prompt_text(self.rng.choice(ITEMS), self.rng.choice(ASPECTS)) for _ in range(n)]
+        return [prompt_text(*self.rng.choice(combinations)) for _ in range(n)]
 
     def _adjective(self, p_positive: float) -> str:
         u = self.rng.random()

@@ -10,8 +10,9 @@ import time
 from .errors import BadInput
 
 # The leaderboard columns printed in the terminal (the .md/.csv files hold every column).
-TERMINAL_COLUMNS = ("method", "params", "learning_rate", "seeds", "prompts", "win_rate", "win_rate_low", "win_rate_high",
-                    "gold_reward", "gold_reward_sft", "kl_to_sft", "mean_length", "distinct_2", "heldout_pref_accuracy")
+TERMINAL_COLUMNS = ("method", "params", "learning_rate", "seeds", "prompts", "val_win_rate", "val_kl_to_sft", "grid_edge",
+                    "win_rate", "win_rate_low", "win_rate_high", "win_rate_min", "win_rate_max", "significance",
+                    "gold_win_rate", "kl_to_sft", "kl_to_sft_median", "judge_gap_flag", "mean_length", "repeat_rate")
 
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.console import Console
@@ -81,18 +82,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _print_leaderboard(folder, title: str, selection=None) -> None:
+def _print_leaderboard(folder, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from evals.leaderboard import cell, write_leaderboard
 
-    board = write_leaderboard(folder, selection=selection)
+    board = write_leaderboard(folder)
     table = Table(title=title)
     shown = [c for c in TERMINAL_COLUMNS if c in board.columns]
     for column in shown:
         text = column in ("method", "params")
-        table.add_column(column.replace("_", " "), justify="left" if text else "right", no_wrap=text)
+        table.add_column(column.replace("_", " "), justify="left" if text else "right", no_wrap=text, overflow="fold")
     for row in board[shown].itertuples(index=False):
         table.add_row(*(cell(v) for v in row))
     Console(width=max(200, Console().width)).print(table)
@@ -107,7 +108,7 @@ def _sweep(spec_name: str, args) -> int:
     started = time.perf_counter()
     root = run_sweep(spec, path, resume=getattr(args, "resume", False), address=getattr(args, "address", None),
                      overrides=args.overrides)
-    _print_leaderboard(root, f"{spec.name}: {time.perf_counter() - started:.0f} s", spec.selection)
+    _print_leaderboard(root, f"{spec.name}: {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -86,8 +86,8 @@ def _configuration_row(runs: pd.DataFrame) -> dict:
 
 def mark_significance(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
     """Sort by mean win rate and compare every row with the top one on the same prompts and judge:
-    `significance` is "best", "n.s." (the 95% paired interval of the difference contains 0: not
-    significantly worse than the best) or "worse"."""
+    `gap_to_best` is the row's win rate minus the best's with its 95% paired interval, and `significance`
+    is "best", "n.s." (that interval contains 0: not significantly worse than the best) or "worse"."""
     table = table.sort_values("win_rate", ascending=False, ignore_index=True)
     done = records[records["status"] == "completed"]
     matrices = {key: _outcome_matrix(runs, "judge") for key, runs in done.groupby("configuration")}
@@ -102,8 +102,8 @@ def mark_significance(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFram
         elif not comparable:
             marks.append("not comparable"), diffs.append(np.nan), lows.append(np.nan), highs.append(np.nan)
         else:
-            diff, low, high = paired_difference(a, b)
-            marks.append("worse" if low > 0 else "n.s."), diffs.append(diff), lows.append(low), highs.append(high)
+            diff, low, high = paired_difference(b, a)  # this row minus the best: negative when worse
+            marks.append("worse" if high < 0 else "n.s."), diffs.append(diff), lows.append(low), highs.append(high)
     return table.assign(significance=marks, gap_to_best=diffs, gap_to_best_low=lows, gap_to_best_high=highs)
 
 
@@ -184,7 +184,9 @@ def _markdown_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
                  "seeds": str(row["seeds"]),
                  "judge win rate [95% CI]": _interval(row, "win_rate"),
                  "seed min-max": f"{row['win_rate_min']:.3f}-{row['win_rate_max']:.3f}" if "win_rate_min" in row else "",
-                 "vs best": row["significance"] + (f" ({row['gap_to_best']:+.3f})" if row["significance"] in ("n.s.", "worse") else ""),
+                 "vs best": row["significance"] + (f" ({row['gap_to_best']:+.3f} [{row['gap_to_best_low']:+.3f}, "
+                                                    f"{row['gap_to_best_high']:+.3f}])"
+                                                    if row["significance"] in ("n.s.", "worse") else ""),
                  "gold win rate [95% CI]": _interval(row, "gold_win_rate"),
                  "gold reward (SFT)": f"{get('gold_reward')} ({get('gold_reward_sft')})" if "gold_reward" in row else "",
                  "KL mean / median": f"{get('kl_to_sft')} / {get('kl_to_sft_median')}",
@@ -228,9 +230,9 @@ def _legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection)
              "",
              "- Win rates are against the SFT model on the test prompts (ties count one half): the mean over seeds, "
              "a 95% bootstrap interval over seeds x prompts, and the per-seed min-max.",
-             "- vs best: a paired bootstrap over prompts and seeds of the difference to the top row; n.s. = not "
-             "significantly worse than the best (the interval of the difference contains 0), the order between n.s. "
-             "rows is not supported by the data.",
+             "- vs best: the row's win rate minus the top row's, with a 95% paired bootstrap interval over prompts "
+             "and seeds; n.s. = not significantly worse than the best (the interval contains 0): the order among the "
+             "best and the n.s. rows is not supported by the data.",
              "- KL(policy || SFT) in nats from plain samples of the policy: mean and median over seeds.",
              "- judge-gold gap: judge win rate minus gold win rate on the row's own outputs; FLAG when its interval "
              "excludes 0 (the judge is fooled, or too strict, on these outputs). judge agreement (run): share of the "

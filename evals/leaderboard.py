@@ -64,7 +64,9 @@ def _configuration_row(runs: pd.DataFrame) -> dict:
            "configuration": first["configuration"], "eval_prompts_fingerprint": first["eval_prompts_fingerprint"]}
     for scorer, prefix in (("judge", ""), ("gold", "gold_")):
         matrix = _outcome_matrix(runs, scorer)
-        if matrix is None:
+        if matrix is None:  # a record without per-prompt outcomes: its mean, but no interval can be recomputed
+            if f"{prefix}win_rate" in runs.columns and runs[f"{prefix}win_rate"].notna().all():
+                row[f"{prefix}win_rate"] = float(runs[f"{prefix}win_rate"].mean())
             continue
         per_seed = matrix.mean(axis=1)
         low, high = seed_prompt_interval(matrix)
@@ -108,11 +110,16 @@ def mark_significance(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFram
 
 
 def leaderboard(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (seeds pooled), best mean judge win rate first, with significance marks."""
+    """One row per configuration (seeds pooled), best mean judge win rate first, with significance marks
+    and grid-edge flags."""
     done = records[records["status"] == "completed"]
     if done.empty:
         return pd.DataFrame()
     table = pd.DataFrame([_configuration_row(runs) for _, runs in done.groupby("configuration", sort=False)])
+    table["grid_edge"] = [grid_edges(records[records["method"] == row.method], row.configuration)
+                          for row in table.itertuples(index=False)]
+    if "win_rate" not in table.columns:  # runs without evaluation: nothing to rank or test
+        return table
     return mark_significance(table, records)
 
 
@@ -148,12 +155,11 @@ def select_best(records: pd.DataFrame, selection) -> pd.DataFrame:
     for method, rows in table.groupby("method", sort=False):
         budget = selection.kl_budget
         eligible = rows if budget is None else rows[rows["val_kl_to_sft"] <= budget]
-        note = "" if not eligible.empty else f"no configuration within the KL budget; lowest KL shown"
+        note = "" if not eligible.empty else "no configuration within the KL budget; lowest KL shown"
         pool = eligible if not eligible.empty else rows.nsmallest(1, "val_kl_to_sft")
         best = pool.sort_values(selection.metric, ascending=selection.mode == "min").iloc[0]
-        method_runs = records[records["method"] == method]
         chosen.append({**best.to_dict(), "configurations_tried": len(rows), "within_budget": len(eligible),
-                       "grid_edge": grid_edges(method_runs, best["configuration"]), "selection_note": note})
+                       "selection_note": note})
     board = pd.DataFrame(chosen).drop(columns=["significance", "gap_to_best", "gap_to_best_low", "gap_to_best_high"])
     return mark_significance(board, records)
 
@@ -181,7 +187,7 @@ def _markdown_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
     for _, row in table.iterrows():
         get = lambda key, fmt="{:.3f}": fmt.format(row[key]) if key in row and pd.notna(row[key]) else ""  # noqa: E731
         cells = {"method": row["method"], "params": row["params"], "lr": cell(row["learning_rate"]),
-                 "seeds": str(row["seeds"]),
+                 "seeds": str(row["seeds"]), "grid edge": row.get("grid_edge") or "-",
                  "judge win rate [95% CI]": _interval(row, "win_rate"),
                  "seed min-max": f"{row['win_rate_min']:.3f}-{row['win_rate_max']:.3f}" if "win_rate_min" in row else "",
                  "vs best": row["significance"] + (f" ({row['gap_to_best']:+.3f} [{row['gap_to_best_low']:+.3f}, "
@@ -200,8 +206,7 @@ def _markdown_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
         if selected:
             cells = {**{k: cells[k] for k in ("method", "params", "lr", "seeds")},
                      "val win rate": get("val_win_rate"), "val KL": get("val_kl_to_sft"),
-                     "grid edge": row.get("grid_edge") or "-", **{k: v for k, v in cells.items()
-                                                                  if k not in ("method", "params", "lr", "seeds")}}
+                     **{k: v for k, v in cells.items() if k not in ("method", "params", "lr", "seeds")}}
         out.append(cells)
     return out
 
@@ -241,12 +246,13 @@ def _legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection)
              "SFT model's score under the same definition and the gold reward's own score on the same noisy labels "
              "(the ceiling).",
              "- distinct-2/resp.: unique word bigrams within a response, averaged; repeat rate: share of responses "
-             "repeating a word trigram; pairs seen: the data budget (an unpaired row is half a pair)."]
+             "repeating a word trigram; pairs seen: the data budget (an unpaired row is half a pair).",
+             "- grid edge names a swept setting (a config key that differs between the method's runs, seeds aside) "
+             "whose value in this row is the smallest or largest tried: an optimum there is not bracketed."]
     if selection is not None:
         budget = f" among those with mean val KL <= {selection.kl_budget:g} nats" if selection.kl_budget else ""
         lines += [f"- Selection: per method, the configuration with the {selection.mode} mean {selection.metric} on the "
-                  f"validation prompts{budget}; reported on the test prompts. grid edge names a swept setting whose "
-                  "chosen value is the smallest or largest tried (the optimum is not bracketed there)."]
+                  f"validation prompts{budget}; reported on the test prompts."]
     return "\n".join(lines)
 
 

@@ -246,8 +246,8 @@ def test_beta_sensitivity_table_is_recomputable_from_its_per_seed_records(tmp_pa
         assert (row["win_rate_min"], row["win_rate_max"]) == pytest.approx((per_seed.min(), per_seed.max()))
         assert row["kl_to_sft_median"] == pytest.approx(np.median(runs["kl_to_sft"]))
         assert row["kl_to_sft"] == pytest.approx(runs["kl_to_sft"].mean())
+        # the interval is the seeds x prompts bootstrap of the stored outcomes, not an average of the runs' bounds
         assert (row["win_rate_low"], row["win_rate_high"]) == pytest.approx(_independent_interval(matrix))
-        assert row["win_rate_low"] != pytest.approx(runs["win_rate_low"].mean())  # not an average of bounds
     # and the stored table is exactly what the records give today
     write_leaderboard(folder, tmp_path)
     assert (tmp_path / "leaderboard.md").read_text().split("\n", 3)[3] == (folder / "leaderboard.md").read_text().split("\n", 3)[3]

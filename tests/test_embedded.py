@@ -91,3 +91,27 @@ def test_split_deals_every_item_into_every_split():
     for name, split in splits.items():
         assert {item for item, _ in split} == set(ITEMS), name
     assert ReviewTask(seed=0).split_combinations() == splits
+
+
+def test_assets_do_not_depend_on_the_callers_thread_count(tmp_path):
+    """The build pins its own thread count, so a Ray trial (1 thread) and a shell (all cores) build the same
+    SFT model; the caller's setting is restored afterwards."""
+    import torch
+
+    from harness.config import TaskConfig
+    from harness.embedded.build import prepare_embedded
+    from harness.models import fingerprint
+
+    small = TaskConfig(num_train_pairs=10, num_eval_prompts=4, num_val_prompts=4, num_judge_pairs=10,
+                       num_sft_examples=200, sft_steps=15)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = prepare_embedded(small, str(tmp_path / "a"))
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        two = prepare_embedded(small, str(tmp_path / "b"))
+    finally:
+        torch.set_num_threads(before)
+    assert not one.cache_hit and not two.cache_hit
+    assert fingerprint(one.sft_path) == fingerprint(two.sft_path)

@@ -21,7 +21,7 @@ from .aggregate import configuration_key, paired_difference, seed_prompt_interva
 
 # Means over seeds of these per-run metrics (where the records have them).
 MEANS = ("gold_reward", "gold_reward_sft", "kl_to_sft", "kl_per_token", "judge_agreement_run", "judge_agreement_heldout",
-         "heldout_pref_accuracy", "heldout_pref_accuracy_sft", "heldout_pref_ceiling", "mean_length", "mean_length_sft",
+         "heldout_pref_accuracy", "heldout_pref_accuracy_sft", "heldout_pref_gain", "heldout_pref_ceiling", "mean_length", "mean_length_sft",
          "distinct_2", "distinct_2_per_response", "distinct_2_per_response_sft", "repeat_rate", "repeat_rate_sft",
          "pairs_seen", "final_train_loss", "val_win_rate", "val_kl_to_sft")
 IGNORED_PARAMS = ("gamma_beta_ratio",)  # derived from other parameters, shown once
@@ -181,8 +181,9 @@ def _interval(row, key: str) -> str:
     return f"{row[key]:.3f} [{row[f'{key}_low']:.3f}, {row[f'{key}_high']:.3f}]"
 
 
-def _markdown_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
-    """The table a reader scans: estimates with their intervals in one cell, baselines beside them."""
+def display_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
+    """The table a reader scans (markdown and terminal): estimates with their intervals in one cell,
+    baselines beside them."""
     out = []
     for _, row in table.iterrows():
         get = lambda key, fmt="{:.3f}": fmt.format(row[key]) if key in row and pd.notna(row[key]) else ""  # noqa: E731
@@ -195,13 +196,14 @@ def _markdown_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
                                                     if row["significance"] in ("n.s.", "worse") else ""),
                  "gold win rate [95% CI]": _interval(row, "gold_win_rate"),
                  "gold reward (SFT)": f"{get('gold_reward')} ({get('gold_reward_sft')})" if "gold_reward" in row else "",
-                 "KL mean / median": f"{get('kl_to_sft')} / {get('kl_to_sft_median')}",
+                 "KL mean / median (per token)": f"{get('kl_to_sft')} / {get('kl_to_sft_median')} ({get('kl_per_token')})",
                  "judge-gold gap [95% CI]": (_interval(row, "judge_gold_gap") + (" FLAG" if row.get("judge_gap_flag") else "")),
                  "judge agreement (run)": get("judge_agreement_run"),
                  "pref. accuracy (SFT / ceiling)": f"{get('heldout_pref_accuracy')} ({get('heldout_pref_accuracy_sft')} / "
                                                    f"{get('heldout_pref_ceiling')})" if "heldout_pref_accuracy" in row else "",
                  "length (SFT)": f"{get('mean_length', '{:.1f}')} ({get('mean_length_sft', '{:.1f}')})",
-                 "distinct-2/resp.": get("distinct_2_per_response"), "repeat rate (SFT)":
+                 "distinct-2 per resp. / pooled": f"{get('distinct_2_per_response')} / {get('distinct_2')}",
+                 "repeat rate (SFT)":
                      f"{get('repeat_rate')} ({get('repeat_rate_sft')})", "pairs seen": get("pairs_seen", "{:.0f}")}
         if selected:
             cells = {**{k: cells[k] for k in ("method", "params", "lr", "seeds")},
@@ -238,15 +240,17 @@ def _legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection)
              "- vs best: the row's win rate minus the top row's, with a 95% paired bootstrap interval over prompts "
              "and seeds; n.s. = not significantly worse than the best (the interval contains 0): the order among the "
              "best and the n.s. rows is not supported by the data.",
-             "- KL(policy || SFT) in nats from plain samples of the policy: mean and median over seeds.",
+             "- KL(policy || SFT) in nats from plain samples of the policy: mean and median over seeds, and the mean "
+             "per-token KL.",
              "- judge-gold gap: judge win rate minus gold win rate on the row's own outputs; FLAG when its interval "
              "excludes 0 (the judge is fooled, or too strict, on these outputs). judge agreement (run): share of the "
              "row's own policy-vs-SFT comparisons that the judge orders as gold does.",
              "- pref. accuracy: held-out preference accuracy of the method's implicit reward, beside the untrained "
              "SFT model's score under the same definition and the gold reward's own score on the same noisy labels "
              "(the ceiling).",
-             "- distinct-2/resp.: unique word bigrams within a response, averaged; repeat rate: share of responses "
-             "repeating a word trigram; pairs seen: the data budget (an unpaired row is half a pair).",
+             "- distinct-2 per response: unique word bigrams within a response, averaged (pooled over all responses it "
+             "tracks length); repeat rate: share of responses repeating a word trigram; pairs seen: the data budget "
+             "(an unpaired row is half a pair).",
              "- grid edge names a swept setting (a config key that differs between the method's runs, seeds aside) "
              "whose value in this row is the smallest or largest tried: an optimum there is not bracketed."]
     if selection is not None:
@@ -256,7 +260,9 @@ def _legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection)
     return "\n".join(lines)
 
 
-def write_leaderboard(folder: str | Path, out: str | Path | None = None) -> pd.DataFrame:
+def write_leaderboard(folder: str | Path, out: str | Path | None = None) -> list[dict[str, str]]:
+    """Write leaderboard.csv (every column) and leaderboard.md under `out` (default: `folder`); returns the
+    rows as displayed."""
     folder = Path(folder)
     out = Path(out or folder)
     records = load_records(folder)
@@ -269,6 +275,7 @@ def write_leaderboard(folder: str | Path, out: str | Path | None = None) -> pd.D
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "leaderboard.csv", index=False)
     title = "best configuration per method (picked on validation, reported on test)" if selection else "leaderboard"
+    rows = display_rows(table, selection is not None)
     (out / "leaderboard.md").write_text(f"# {title}\n\n{_legend(table, records, folder, selection)}\n\n"
-                                        f"{to_markdown(_markdown_rows(table, selection is not None))}")
-    return table
+                                        f"{to_markdown(rows)}")
+    return rows

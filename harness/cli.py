@@ -9,10 +9,10 @@ import time
 
 from .errors import BadInput
 
-# The leaderboard columns printed in the terminal (the .md/.csv files hold every column).
-TERMINAL_COLUMNS = ("method", "params", "learning_rate", "seeds", "prompts", "val_win_rate", "val_kl_to_sft", "grid_edge",
-                    "win_rate", "win_rate_low", "win_rate_high", "win_rate_min", "win_rate_max", "significance",
-                    "gold_win_rate", "kl_to_sft", "kl_to_sft_median", "judge_gap_flag", "mean_length", "repeat_rate")
+# The leaderboard columns printed in the terminal (leaderboard.md shows more, leaderboard.csv every number).
+TERMINAL_COLUMNS = ("method", "params", "lr", "seeds", "val win rate", "val KL", "grid edge", "judge win rate [95% CI]",
+                    "seed min-max", "vs best", "gold win rate [95% CI]", "KL mean / median (per token)",
+                    "judge-gold gap [95% CI]")
 
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.console import Console
@@ -86,18 +86,19 @@ def _print_leaderboard(folder, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from evals.leaderboard import cell, write_leaderboard
+    from evals.leaderboard import write_leaderboard
 
-    board = write_leaderboard(folder)
+    rows = write_leaderboard(folder)
     table = Table(title=title)
-    shown = [c for c in TERMINAL_COLUMNS if c in board.columns]
+    shown = [c for c in TERMINAL_COLUMNS if c in rows[0]]
     for column in shown:
-        text = column in ("method", "params")
-        table.add_column(column.replace("_", " "), justify="left" if text else "right", no_wrap=text, overflow="fold")
-    for row in board[shown].itertuples(index=False):
-        table.add_row(*(cell(v) for v in row))
-    Console(width=max(200, Console().width)).print(table)
-    print(f"leaderboard: {folder}/leaderboard.md and leaderboard.csv")
+        table.add_column(column, no_wrap=True)
+    for row in rows:
+        table.add_row(*(row[c] for c in shown))
+    # As wide as the cells need: a folded interval is harder to read than a scrolled line.
+    width = sum(max(len(column), *(len(row[column]) for row in rows)) + 3 for column in shown) + 1
+    Console(width=max(width, Console().width)).print(table)
+    print(f"leaderboard (every column): {folder}/leaderboard.md and leaderboard.csv")
 
 
 def _sweep(spec_name: str, args) -> int:

@@ -18,6 +18,17 @@ from .conftest import REPO, run_cli
 TINY = {"eval": {"num_prompts": 12}, "train": {"max_steps": 4, "save_steps": 0}, "wandb": {"mode": "disabled"}}
 
 
+def kill_session(sid: int) -> None:
+    """SIGKILL the driver and everything it started: Ray's daemons and workers stay in the driver's session
+    (workers in process groups of their own), so this touches no other Ray on the machine."""
+    for pid in [int(p) for p in os.listdir("/proc") if p.isdigit()]:
+        try:
+            if os.getsid(pid) == sid:
+                os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
 def write_spec(tmp_path: Path, **fields) -> Path:
     spec = {"name": "t", "base": TINY, "grid": {"method.beta": [0.1]}, "resources": {"cpu": 1},
             "storage_path": str(tmp_path / "sweeps"), **fields}
@@ -48,7 +59,7 @@ def test_shipped_specs_expand():
 
     sizes = {name: len(expand(*load_spec(name))) for name in ("quickstart", "beta_sensitivity", "method_comparison",
                                                                "ultrafeedback_qwen")}
-    assert sizes["beta_sensitivity"] == 12 and sizes["method_comparison"] == 135 and sizes["quickstart"] >= 5
+    assert sizes["beta_sensitivity"] == 12 and sizes["method_comparison"] == 180 and sizes["quickstart"] >= 5
     assert run_cli("sweep", "no_such_spec").returncode == 2
 
 
@@ -93,9 +104,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, embedd
             break
         assert driver.poll() is None, "the sweep ended before it could be killed"
         time.sleep(0.5)
-    os.killpg(driver.pid, signal.SIGKILL)  # the driver and everything it started in its session
+    kill_session(driver.pid)
     driver.wait()
-    subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True, timeout=120)
     done_before = {p.parent.name for p in root.glob("runs/*/record.json") if json.loads(p.read_text())["status"] == "completed"}
     assert 0 < len(done_before) < 4
 

@@ -59,7 +59,7 @@ def test_shipped_specs_expand():
 
     sizes = {name: len(expand(*load_spec(name))) for name in ("quickstart", "beta_sensitivity", "method_comparison",
                                                                "ultrafeedback_qwen")}
-    assert sizes["beta_sensitivity"] == 12 and sizes["method_comparison"] == 180 and sizes["quickstart"] >= 5
+    assert sizes["beta_sensitivity"] == 12 and sizes["method_comparison"] == 153 and sizes["quickstart"] >= 5
     assert run_cli("sweep", "no_such_spec").returncode == 2
 
 

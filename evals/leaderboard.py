@@ -147,6 +147,8 @@ def select_best(records: pd.DataFrame, selection) -> pd.DataFrame:
     KL to SFT is within the selection's budget (none within it: the lowest-KL one, marked), reported on
     the test prompts, with significance marks among the chosen rows and grid-edge flags."""
     table = leaderboard(records)
+    if table.empty:
+        return table
     if selection.metric not in table.columns:
         from harness.errors import BadInput
 

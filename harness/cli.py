@@ -89,6 +89,9 @@ def _print_leaderboard(folder, title: str) -> None:
     from evals.leaderboard import write_leaderboard
 
     rows = write_leaderboard(folder)
+    if not rows:
+        print(f"{title}: no completed run under {folder} (each record.json says why)")
+        return
     table = Table(title=title)
     shown = [c for c in TERMINAL_COLUMNS if c in rows[0]]
     for column in shown:

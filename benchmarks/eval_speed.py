@@ -17,12 +17,13 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evals.evaluate import evaluate
+    from evals.evaluate import Prompts, evaluate
     from evals.judge import RewardModelJudge, embedded_judge
     from evals.scorers import GoldScorer
     from harness.config import EvalConfig, TaskConfig
     from harness.data import Formatter
     from harness.embedded.build import prepare_embedded
+    from harness.reference import Reference
 
     cache = os.environ.get("HARNESS_CACHE_DIR", os.path.expanduser("~/.cache/alignment-harness"))
     assets = prepare_embedded(TaskConfig(), cache)
@@ -37,8 +38,8 @@ def main() -> None:
     print(f"torch threads: {torch.get_num_threads()}, prompts: {len(prompts)}, max_new_tokens: {cfg.max_new_tokens}")
     for label in ("cold (SFT side computed)", "warm (SFT side cached)", "warm again"):
         start = time.perf_counter()
-        metrics = evaluate(policy, tokenizer, prompts, ids, cfg, judge, sft_model=sft, sft_fingerprint="bench",
-                           cache_dir=scratch, gold=GoldScorer())
+        metrics = evaluate(policy, Reference(sft, "bench"), tokenizer, Prompts(prompts, ids), cfg,
+                           {"judge": judge, "gold": GoldScorer()}, scratch)
         print(f"{label:28s} {time.perf_counter() - start:6.2f} s   sft_cache_hit={metrics['sft_cache_hit']}")
 
 

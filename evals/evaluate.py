@@ -6,8 +6,9 @@ decoding settings, the seed and the judge, so it is cached on disk and every tri
 
 from __future__ import annotations
 
-import contextlib
 import json
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +18,7 @@ from harness.cache import cached_dir, key_of
 from harness.config import EvalConfig
 from harness.generation import sample
 from harness.logps import CHOSEN
+from harness.reference import Reference
 from harness.trainer import sequence_logps_of
 
 from .metrics import distinct_n, distinct_n_per_response, is_plain_sampling, kl_from_samples, repeat_rate
@@ -24,12 +26,21 @@ from .scorers import Scorer
 from .winrate import prompt_outcomes, win_rate
 
 
-def _generate(model, tokenizer, prompt_ids, cfg: EvalConfig, desc: str) -> list[list[int]]:
-    """k samples per prompt, sample-major: row s * n + i is sample s of prompt i."""
+@dataclass
+class Prompts:
+    """Evaluation prompts as the judge reads them (`texts`) and as the models read them (`ids`)."""
+
+    texts: list
+    ids: list[list[int]]
+
+
+def _generate(sampler: Callable, prompt_ids, cfg: EvalConfig, desc: str) -> list[list[int]]:
+    """k samples per prompt, sample-major: row s * n + i is sample s of prompt i. `sampler(prompt_ids,
+    **decoding)` is `harness.generation.sample` bound to a model (or a Reference's own)."""
     out = []
     for s in range(cfg.samples_per_prompt):
-        out += sample(model, tokenizer, prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                      top_p=cfg.top_p, batch_size=cfg.batch_size, seed=cfg.seed * 1000 + s, desc=desc)
+        out += sampler(prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                       batch_size=cfg.batch_size, seed=cfg.seed * 1000 + s, desc=desc)
     return out
 
 
@@ -47,17 +58,16 @@ def _checked_scores(scorer: Scorer, prompts, texts) -> np.ndarray:
     return scores
 
 
-def sft_side(sft_model, tokenizer, prompts, prompt_ids, cfg: EvalConfig, scorers: dict[str, Scorer],
-             cache_dir: str, sft_fingerprint: str, sft_mode: Callable = contextlib.nullcontext) -> tuple[dict, bool]:
+def sft_side(sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfig, scorers: dict[str, Scorer],
+             cache_dir: str) -> tuple[dict, bool]:
     """SFT generations and their scores by every scorer, from the cache or computed once and stored."""
     decoding = cfg.model_dump(include={"max_new_tokens", "temperature", "top_p", "samples_per_prompt", "seed"})
-    key = key_of("sft-side", sft_fingerprint, prompt_ids, decoding, {k: s.fingerprint for k, s in scorers.items()})
+    key = key_of("sft-side", sft.fingerprint, prompts.ids, decoding, {k: s.fingerprint for k, s in scorers.items()})
 
     def build(out: Path) -> None:
-        with sft_mode():
-            completions = _generate(sft_model, tokenizer, prompt_ids, cfg, "SFT samples")
+        completions = _generate(partial(sft.sample, tokenizer), prompts.ids, cfg, "SFT samples")
         texts = _decode(tokenizer, completions)
-        repeated = list(prompts) * cfg.samples_per_prompt
+        repeated = list(prompts.texts) * cfg.samples_per_prompt
         scores = {name: _checked_scores(s, repeated, texts).tolist() for name, s in scorers.items()}
         (out / "sft_side.json").write_text(json.dumps({"completions": completions, "texts": texts, "scores": scores}))
 
@@ -98,18 +108,19 @@ def response_metrics(texts: list[str], completions: list[list[int]], eos: int | 
             "repeat_rate": repeat_rate(texts)}
 
 
-def evaluate(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], cfg: EvalConfig, judge: Scorer,
-             *, sft_model, sft_fingerprint: str, cache_dir: str, gold: Scorer | None = None,
-             sft_mode: Callable = contextlib.nullcontext, output_dir: Path | None = None) -> dict[str, Any]:
-    """Win rate of `policy` over the SFT model by `judge` (and by `gold` where known, with the judge's
-    validity on this run's outputs), KL to SFT from plain samples, length, diversity and repetition.
-    `per_prompt` holds each scorer's outcome per prompt (what seed aggregation and significance tests need)."""
-    scorers = scorer_set(judge, gold)
-    sft, sft_hit = sft_side(sft_model, tokenizer, prompts, prompt_ids, cfg, scorers, cache_dir, sft_fingerprint, sft_mode)
-    completions = _generate(policy, tokenizer, prompt_ids, cfg, "policy samples")
+def evaluate(policy, sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfig, scorers: dict[str, Scorer],
+             cache_dir: str, output_dir: Path | None = None) -> dict[str, Any]:
+    """Win rate of `policy` over the SFT model by scorers["judge"] (and by scorers["gold"] where known,
+    with the judge's validity on this run's outputs), KL to SFT from plain samples, length, diversity and
+    repetition. `per_prompt` holds each scorer's outcome per prompt (what seed aggregation and
+    significance tests need)."""
+    judge, gold = scorers["judge"], scorers.get("gold")
+    sft_generations, sft_hit = sft_side(sft, tokenizer, prompts, cfg, scorers, cache_dir)
+    policy_sampler = partial(sample, policy, tokenizer)
+    completions = _generate(policy_sampler, prompts.ids, cfg, "policy samples")
     texts = _decode(tokenizer, completions)
-    repeated = list(prompts) * cfg.samples_per_prompt
-    n, k = len(prompts), cfg.samples_per_prompt
+    repeated = list(prompts.texts) * cfg.samples_per_prompt
+    n, k = len(prompts.texts), cfg.samples_per_prompt
 
     def per_prompt(values) -> np.ndarray:  # sample-major flat list -> prompts x samples
         return np.asarray(values, dtype=np.float64).reshape(k, n).T
@@ -119,17 +130,16 @@ def evaluate(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], cfg:
     outcomes, diffs = {}, {}
     for name, scorer in scorers.items():
         policy_scores = _checked_scores(scorer, repeated, texts)
-        result = win_rate(per_prompt(policy_scores), per_prompt(sft["scores"][name]), tie_eps=cfg.tie_eps,
-                          n_boot=cfg.n_boot, seed=cfg.seed)
-        outcomes[name], diffs[name] = prompt_outcomes(per_prompt(policy_scores), per_prompt(sft["scores"][name]),
-                                                      cfg.tie_eps)
+        sft_scores = per_prompt(sft_generations["scores"][name])
+        result = win_rate(per_prompt(policy_scores), sft_scores, tie_eps=cfg.tie_eps, n_boot=cfg.n_boot, seed=cfg.seed)
+        outcomes[name], diffs[name] = prompt_outcomes(per_prompt(policy_scores), sft_scores, cfg.tie_eps)
         prefix = "" if name == "judge" else "gold_"
         metrics.update({f"{prefix}win_rate": result.rate, f"{prefix}win_rate_low": result.low,
                         f"{prefix}win_rate_high": result.high, f"{prefix}wins": result.wins,
                         f"{prefix}ties": result.ties, f"{prefix}losses": result.losses,
                         f"{prefix}soft_win_rate": result.soft,
                         f"{name}_reward": float(policy_scores.mean()),
-                        f"{name}_reward_sft": float(np.mean(sft["scores"][name]))})
+                        f"{name}_reward_sft": float(np.mean(sft_generations["scores"][name]))})
     if gold is not None and gold is not judge:
         metrics.update(judge_validity(diffs["judge"], diffs["gold"], outcomes["judge"], outcomes["gold"], cfg.n_boot,
                                       cfg.seed))
@@ -137,28 +147,27 @@ def evaluate(policy, tokenizer, prompts: list, prompt_ids: list[list[int]], cfg:
     # KL is only estimable from plain samples of the policy: other decodings get their own plain draws.
     plain = is_plain_sampling(cfg.temperature, cfg.top_p)
     kl_completions = completions if plain else _generate(
-        policy, tokenizer, prompt_ids, cfg.model_copy(update={"temperature": 1.0, "top_p": 1.0}), "plain samples for KL")
-    examples = [[(p, c, CHOSEN)] for p, c in zip(prompt_ids * k, kl_completions)]
+        policy_sampler, prompts.ids, cfg.model_copy(update={"temperature": 1.0, "top_p": 1.0}), "plain samples for KL")
+    examples = [[(p, c, CHOSEN)] for p, c in zip(prompts.ids * k, kl_completions)]
     pad = tokenizer.pad_token_id
     policy_logps = [v[0] for v in sequence_logps_of(policy, examples, pad, cfg.batch_size, "KL: policy")]
-    with sft_mode():
-        sft_logps = [v[0] for v in sequence_logps_of(sft_model, examples, pad, cfg.batch_size, "KL: SFT")]
+    sft_logps = [v[0] for v in sft.sequence_logps(examples, pad, cfg.batch_size, "KL: SFT")]
     metrics.update(kl_from_samples(policy_logps, sft_logps, [len(c) for c in kl_completions], n))
     metrics["kl_decoding"] = "plain" if plain else "plain, separate samples"
     eos = tokenizer.eos_token_id
     metrics.update(response_metrics(texts, completions, eos))
-    metrics.update({f"{key}_sft": value for key, value in response_metrics(sft["texts"], sft["completions"], eos).items()})
+    metrics.update({f"{key}_sft": value
+                    for key, value in response_metrics(sft_generations["texts"], sft_generations["completions"], eos).items()})
     metrics["per_prompt"] = {name: [round(float(v), 6) for v in outcome] for name, outcome in outcomes.items()}
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         with (output_dir / "generations.jsonl").open("w") as handle:
             for i, text in enumerate(texts):
-                handle.write(json.dumps({"prompt": repeated[i], "policy": text, "sft": sft["texts"][i]}) + "\n")
+                handle.write(json.dumps({"prompt": repeated[i], "policy": text, "sft": sft_generations["texts"][i]}) + "\n")
     return metrics
 
 
-def preference_accuracy(method, policy, sft_model, examples, pad_token_id: int, batch_size: int = 64,
-                        sft_mode: Callable = contextlib.nullcontext) -> dict[str, float]:
+def preference_accuracy(method, policy, sft: Reference, examples, pad_token_id: int, batch_size: int = 64) -> dict[str, float]:
     """Share of held-out pairs whose chosen response gets the higher implicit reward of `method` (its own
     definition: log-ratio to the SFT model, or average log-prob for reference-free methods; ties count one
     half), for the policy and, under the same definition, for the untrained SFT model: the gain is what
@@ -166,8 +175,7 @@ def preference_accuracy(method, policy, sft_model, examples, pad_token_id: int, 
     import torch
 
     policy_side = torch.tensor(sequence_logps_of(policy, examples, pad_token_id, batch_size, "held-out: policy"))
-    with sft_mode():
-        sft_side = torch.tensor(sequence_logps_of(sft_model, examples, pad_token_id, batch_size, "held-out: SFT"))
+    sft_side = torch.tensor(sft.sequence_logps(examples, pad_token_id, batch_size, "held-out: SFT"))
     tokens = torch.tensor([[len(c) for _, c, _ in example] for example in examples], dtype=torch.float64)
     reference = None if method.reference_free else sft_side.double()
     policy_rewards = method.implicit_reward(policy_side.double(), reference, tokens)

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from harness.cache import cached_dir, key_of
 from harness.errors import BadInput
+from harness.logps import LossOutput
 from harness.models import fingerprint, looks_local, pick_device
+from harness.trainer import train_loop
 
 JUDGE_STEPS, JUDGE_BATCH, JUDGE_LR = 600, 32, 1e-3
 
@@ -84,6 +85,28 @@ def agreement_with(scores_a: list[float], scores_b: list[float], gold_a: list[fl
     return float((judge[decided] == gold[decided]).mean())
 
 
+class _RandomBuckets(torch.utils.data.Sampler):
+    """`steps` batches, each a bucket of `batch_size` consecutive indices of `order`, drawn with replacement."""
+
+    def __init__(self, order: list[int], batch_size: int, steps: int, seed: int):
+        self.buckets = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        self.steps, self.generator = steps, torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        draws = torch.utils.data.RandomSampler(self.buckets, replacement=True, num_samples=self.steps,
+                                               generator=self.generator)
+        return (self.buckets[i] for i in draws)
+
+    def __len__(self):
+        return self.steps
+
+
+def _pad_pairs(tokenizer, pairs: list[tuple[list[int], list[int]]]) -> dict:
+    """All chosen rows, then all rejected rows, padded into one batch."""
+    batch = tokenizer.pad({"input_ids": [c for c, _ in pairs] + [r for _, r in pairs]}, return_tensors="pt")
+    return {**batch, "num_examples": len(pairs)}
+
+
 def train_bt_judge(base_path: str, pairs: list[dict], out: Path, *, steps: int = JUDGE_STEPS, batch_size: int = JUDGE_BATCH,
                    lr: float = JUDGE_LR, seed: int = 0) -> None:
     """Train a reward model on preference pairs with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected),
@@ -100,24 +123,22 @@ def train_bt_judge(base_path: str, pairs: list[dict], out: Path, *, steps: int =
     model.config.pad_token_id = tokenizer.pad_token_id
     eos = tokenizer.eos_token or ""
     encode = lambda side: tokenizer([f"{r['prompt']} {r[side]}{eos}" for r in pairs], add_special_tokens=False)["input_ids"]  # noqa: E731
-    chosen, rejected = encode("chosen"), encode("rejected")
+    encoded = list(zip(encode("chosen"), encode("rejected")))
     # Batches of pairs of similar length: far less padding, the same Bradley-Terry objective.
-    order = sorted(range(len(pairs)), key=lambda i: max(len(chosen[i]), len(rejected[i])))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    order = sorted(range(len(pairs)), key=lambda i: max(map(len, encoded[i])))
+    loader = torch.utils.data.DataLoader(encoded, batch_sampler=_RandomBuckets(order, batch_size, steps, seed),
+                                         collate_fn=lambda picked: _pad_pairs(tokenizer, picked))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in tqdm(range(steps), desc="judge (Bradley-Terry)", leave=False):
-        picks = batches[int(torch.randint(len(batches), (1,), generator=generator))]
-        batch = tokenizer.pad({"input_ids": [chosen[i] for i in picks] + [rejected[i] for i in picks]}, return_tensors="pt")
-        rewards = model(**batch).logits[:, 0]
-        loss = -torch.nn.functional.logsigmoid(rewards[:len(picks)] - rewards[len(picks):]).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
+
+    def step_loss(model, batch) -> LossOutput:
+        rewards = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0]
+        margin = rewards[:batch["num_examples"]] - rewards[batch["num_examples"]:]
+        return LossOutput(-torch.nn.functional.logsigmoid(margin).mean(),
+                          {"accuracy": (margin > 0).float().mean().detach()})
+
+    train_loop(model, step_loss, loader, optimizer, schedule, max_steps=steps, max_grad_norm=1.0, log_steps=50,
+               desc="judge (Bradley-Terry)")
     model.eval()
     model.save_pretrained(out)  # safetensors
     tokenizer.save_pretrained(out)

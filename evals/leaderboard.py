@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 
 from .aggregate import configuration_key, paired_difference, seed_prompt_interval
 
@@ -25,6 +26,18 @@ MEANS = ("gold_reward", "gold_reward_sft", "kl_to_sft", "kl_per_token", "judge_a
          "distinct_2", "distinct_2_per_response", "distinct_2_per_response_sft", "repeat_rate", "repeat_rate_sft",
          "pairs_seen", "final_train_loss", "val_win_rate", "val_kl_to_sft")
 IGNORED_PARAMS = ("gamma_beta_ratio",)  # derived from other parameters, shown once
+
+
+class Selection(BaseModel):
+    """Pick each method's best configuration on the validation prompts, report it on the test prompts.
+
+    A configuration is eligible when its mean validation KL to SFT (over seeds) is within `kl_budget`
+    nats, so methods are compared at matched drift rather than at whatever KL one learning rate gives."""
+
+    model_config = ConfigDict(extra="forbid")
+    metric: str = "val_win_rate"
+    mode: str = Field("max", pattern="^(max|min)$")
+    kl_budget: float | None = Field(None, gt=0, description="max mean val_kl_to_sft (nats) of an eligible configuration")
 
 
 def _params(record: dict) -> str:
@@ -45,7 +58,7 @@ def load_records(folder: str | Path) -> pd.DataFrame:
                      "configuration": configuration_key(record["config"]), "config": record["config"],
                      "eval_prompts_fingerprint": dataset.get("eval_prompts_fingerprint"),
                      "outcomes": record.get("outcomes", {}), **{
-                         k: v for k, v in record["metrics"].items() if isinstance(v, (int, float, str)) and k != "traceback"}})
+                         k: v for k, v in record["metrics"].items() if isinstance(v, (int, float, str))}})
     return pd.DataFrame(rows)
 
 
@@ -224,12 +237,11 @@ def to_markdown(rows: list[dict[str, str]]) -> str:
     return "\n".join([head, rule, *body]) + "\n"
 
 
-def stored_selection(folder: Path):
-    """The selection rule of the sweep whose folder this is (spec.json), or None."""
-    from sweeps.spec import SweepSpec
-
+def stored_selection(folder: Path) -> Selection | None:
+    """The selection rule of the sweep whose folder this is (its spec.json), or None."""
     path = folder / "spec.json"
-    return SweepSpec.model_validate_json(path.read_text()).selection if path.is_file() else None
+    selection = json.loads(path.read_text()).get("selection") if path.is_file() else None
+    return Selection.model_validate(selection) if selection else None
 
 
 def _legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection) -> str:

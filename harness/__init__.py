@@ -1,4 +1,6 @@
-"""The shared backend: config, data, models, training loop, log-probs, generation, tracking, pipeline."""
+"""The core: config, data, models, the training loop, log-probs, generation, caches, tracking, records and
+the embedded task. It imports nothing above it (methods, evals, sweeps, app); `harness.train` is the
+application layer's entry point, re-exported here lazily because DESIGN.md names it so."""
 
 from .errors import BadInput
 from .logps import SequenceLogps
@@ -8,10 +10,14 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     # Heavy imports (transformers, accelerate) only when the pipeline is used, so `harness methods` is quick.
-    if name in ("train", "RunRecord", "load_config"):
-        from . import config, pipeline, record
+    if name == "train":
+        from app.pipeline import train
 
-        return {"train": pipeline.train, "RunRecord": record.RunRecord, "load_config": config.load_config}[name]
+        return train
+    if name in ("RunRecord", "load_config"):
+        from . import config, record
+
+        return {"RunRecord": record.RunRecord, "load_config": config.load_config}[name]
     raise AttributeError(name)
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import BadInput
+from .errors import BadInput, validation_message
 
 
 class _Strict(BaseModel):
@@ -166,31 +166,24 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    key = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "extra_forbidden":
-        return f"unknown config key {key!r}"
-    return f"config key {key!r}: {first['msg']}"
-
-
 def build_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as error:
-        raise BadInput(f"{source}: {_describe(error)}") from None
+        raise BadInput(f"{source}: {validation_message(error, 'config key')}") from None
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
+def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A YAML mapping from a file (safe_load: plain data only), or BadInput naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"config file not found: {path}")
+        raise BadInput(f"{what} not found: {path}")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise BadInput(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
     if not isinstance(tree, dict):
-        raise BadInput(f"{path}: the top level must be a mapping of config keys")
+        raise BadInput(f"{path}: the top level must be a mapping of keys")
     return tree
 
 

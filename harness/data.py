@@ -323,7 +323,7 @@ def collate(examples: list[list[Sequence]], reference: list[list[float]] | None,
         "completion_mask": completion_mask,
         "prompt_mask": prompt_mask,
         "role": torch.tensor([role for _, _, role in sequences]),
-        "num_examples": torch.tensor(len(examples)),
+        "num_examples": len(examples),  # a Python int: counting it never syncs with the device
     }
     if reference is not None:
         batch["reference_logps"] = torch.tensor([v for values in reference for v in values], dtype=torch.float32)

@@ -7,7 +7,7 @@ padding never count towards the completion sum.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -32,6 +32,15 @@ class SequenceLogps:
     # Prompt tokens of the chosen rows (all but the first, which nothing predicts): TRL's ORPO NLL counts them.
     chosen_prompt: torch.Tensor | None = None
     chosen_prompt_tokens: torch.Tensor | None = None
+
+
+@dataclass
+class LossOutput:
+    """What a loss returns: the scalar to minimise, and metrics as detached tensors (or floats) that the
+    training loop averages over micro-batches and processes when it logs."""
+
+    loss: torch.Tensor
+    metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
 def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,8 @@ class RunRecord(BaseModel):
     spec: str | None = None
     trial_id: str
     status: Literal["running", "completed", "failed"] = "running"
-    error: str | None = None
+    error: str | None = None  # one line: what failed
+    traceback: str | None = None  # where it failed (the last frames), for a failed run
     method: str
     method_params: dict[str, Any]
     method_facts: dict[str, Any] = Field(default_factory=dict)

@@ -35,8 +35,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class Tracker:
     def __init__(self, output_dir: Path, cfg: WandbConfig, *, name: str, group: str | None, job_type: str,
                  config: dict[str, Any], enabled: bool = True):
-        self.path = output_dir / METRICS_NAME
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Under a multi-process launch only the main process tracks: its values are already reduced over all.
+        self.path = output_dir / METRICS_NAME if enabled else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run = None
         self.mode = wandb_mode(cfg)
         if enabled and self.mode != "disabled":
@@ -47,12 +49,16 @@ class Tracker:
                                   reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self.path is None:
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps({"step": step, **metrics}) + "\n")
         if self.run is not None:
             self.run.log({f"train/{k}": v for k, v in metrics.items()}, step=step)
 
     def summary(self, metrics: dict[str, Any]) -> None:
+        if self.path is None:
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps({"summary": metrics}) + "\n")
         if self.run is not None:

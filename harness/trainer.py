@@ -1,13 +1,17 @@
-"""The one training loop for every offline method. Runs unchanged under `accelerate launch`.
+"""The one training loop: the policy of every offline method, the embedded task's SFT model and its judge.
 
-Per optimizer step: one concatenated forward over the batch's chosen + rejected (+ mismatched) rows
--> per-sequence summed log-probs and token counts -> `method.loss(policy, reference)` -> backward.
-The reference log-probs were computed once before training and ride along in the batch; methods with
-`reference_free = True` never get them.
+`train_loop` owns the mechanics (accelerate's prepare/accumulate/backward, clipping, scheduler, logging
+reduced over processes, checkpoints and resume); what is trained is a `step_loss(model, batch)`.
+For a policy (`train_policy`), per optimizer step: one concatenated forward over the batch's chosen +
+rejected (+ mismatched) rows -> per-sequence summed log-probs and token counts -> `method.loss(policy,
+reference)` -> backward. The reference log-probs were computed once before training and ride along in
+the batch; methods with `reference_free = True` never get them. Runs under `accelerate launch`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import math
 import shutil
@@ -15,13 +19,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from .config import TrainConfig
 from .data import collate
-from .logps import policy_logps, reference_logps, summed_logps
+from .logps import LossOutput, policy_logps, reference_logps, summed_logps
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -56,7 +61,7 @@ def sequence_logps_of(model, examples, pad_token_id: int, batch_size: int = 64, 
     values: list[list[float]] = []
     loader = make_loader(examples, None, batch_size, pad_token_id, shuffle=False)
     for batch in tqdm(loader, desc=desc, leave=False):
-        completion, _ = summed_logps(model, {k: v.to(device) for k, v in batch.items()})
+        completion, _ = summed_logps(model, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
         flat = completion.tolist()
         while flat:  # the loader keeps example order; each example owns its next len(example) rows
             width = len(examples[len(values)])
@@ -94,71 +99,134 @@ def _save_checkpoint(accelerator, folder: Path, state: TrainState) -> None:
     accelerator.wait_for_everyone()
 
 
-def train_loop(accelerator, model, method, examples, reference, pad_token_id: int, cfg: TrainConfig,
-               output_dir: Path, log) -> TrainState:
-    """Train `model` in place for cfg.max_steps optimizer steps; returns the final state."""
-    from transformers import get_scheduler
+class OneProcess:
+    """The part of accelerate's `Accelerator` that `train_loop` uses, for a model this process trains alone.
 
-    loader = make_loader(examples, None if method.reference_free else reference, cfg.batch_size, pad_token_id,
-                         shuffle=True, seed=cfg.seed)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps),
-                              num_training_steps=cfg.max_steps)
+    The embedded task's SFT model and judge are built inside whichever process of a launch gets the cache
+    lock first, so they must not join the launch's process group (and their result must not depend on it).
+    """
+
+    is_main_process, num_processes, sync_gradients = True, 1, True
+
+    def prepare(self, *objects):
+        return objects
+
+    def accumulate(self, model):
+        return contextlib.nullcontext()
+
+    def backward(self, loss):
+        loss.backward()
+
+    def clip_grad_norm_(self, parameters, max_norm):
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    def reduce(self, tensor, reduction="mean"):
+        return tensor
+
+    def skip_first_batches(self, loader, num_batches):
+        return itertools.islice(loader, num_batches, None)
+
+
+def _window_means(accelerator, window: list[dict]) -> dict[str, float]:
+    """Mean of each logged value over the window's micro-batches and over all processes: one stacked
+    tensor, one reduction, one host sync per log step (methods return detached tensors, not floats)."""
+    keys, device = list(window[0]), getattr(accelerator, "device", "cpu")
+    stacked = torch.stack([torch.stack([torch.as_tensor(w[k], dtype=torch.float32, device=device) for k in keys])
+                           for w in window])
+    means = accelerator.reduce(stacked.mean(0), "mean")
+    return dict(zip(keys, means.tolist()))
+
+
+def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_steps: int, max_grad_norm: float,
+               log_steps: int, accelerator=None, checkpoints: Path | None = None, save_steps: int = 0,
+               resume: bool = False, log: Callable | None = None, desc: str = "train") -> TrainState:
+    """The one training loop (policy, embedded SFT, judge): `step_loss(model, batch) -> LossOutput` per
+    micro-batch, backward, clip, optimizer and scheduler step; logs window means; checkpoints and resumes.
+    Trains `model` in place for max_steps optimizer steps and returns the final state. Without an
+    accelerator it runs in this process alone (OneProcess)."""
+    accelerator = accelerator or OneProcess()
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-
-    checkpoints = output_dir / "checkpoints"
     state = TrainState()
-    latest = _latest_checkpoint(checkpoints) if cfg.resume else None
+    latest = _latest_checkpoint(checkpoints) if resume and checkpoints is not None else None
     if latest is not None:
         accelerator.load_state(str(latest))
         state = TrainState(**json.loads((latest / "trainer_state.json").read_text()))
 
     model.train()
-    progress = tqdm(total=cfg.max_steps, initial=state.step, desc=f"train {method.name}", leave=False,
-                    disable=not accelerator.is_main_process)
+    progress = tqdm(total=max_steps, initial=state.step, desc=desc, leave=False, disable=not accelerator.is_main_process)
     window: list[dict] = []
+    tokens = torch.zeros((), dtype=torch.long)  # counted on the batch's device, read at log time: no sync per step
     started = time.perf_counter() - state.seconds
-    while state.step < cfg.max_steps:
+    while state.step < max_steps:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(state.epoch)
         batches = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
         for batch in batches:
             state.batch_in_epoch += 1
             with accelerator.accumulate(model):
-                policy = policy_logps(model, batch)
-                reference_side = None if method.reference_free else reference_logps(batch)
-                out = method.loss(policy, reference_side)
+                out = step_loss(model, batch)
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            state.tokens += int(batch["attention_mask"].sum())
-            state.examples += int(batch["num_examples"]) * accelerator.num_processes
-            window.append({"loss": out.loss.item(), **out.metrics})
+            tokens = tokens.to(batch["attention_mask"].device) + batch["attention_mask"].sum()
+            state.examples += batch["num_examples"] * accelerator.num_processes
+            window.append({"loss": out.loss.detach(), **out.metrics})
             if not accelerator.sync_gradients:
                 continue
             state.step += 1
             if state.first_loss is None:
-                state.first_loss = sum(w["loss"] for w in window) / len(window)
+                state.first_loss = _window_means(accelerator, window)["loss"]
             progress.update(1)
-            if state.step % cfg.log_steps == 0 or state.step == cfg.max_steps:
-                means = {key: sum(w[key] for w in window) / len(window) for key in window[0]}
+            if state.step % log_steps == 0 or state.step == max_steps:
+                state.tokens, tokens = state.tokens + int(tokens), torch.zeros_like(tokens)
+                means = _window_means(accelerator, window)
                 means.update(grad_norm=float(grad_norm), learning_rate=scheduler.get_last_lr()[0], epoch=state.epoch)
                 state.history.append({"step": state.step, **means})
-                log(state.step, means)
+                if log is not None:
+                    log(state.step, means)
                 progress.set_postfix(loss=f"{means['loss']:.4f}")
                 window = []
-            if cfg.save_steps and state.step % cfg.save_steps == 0 and state.step < cfg.max_steps:
+            if checkpoints is not None and save_steps and state.step % save_steps == 0 and state.step < max_steps:
+                state.tokens, tokens = state.tokens + int(tokens), torch.zeros_like(tokens)
                 state.seconds = time.perf_counter() - started
                 _save_checkpoint(accelerator, checkpoints, state)
-            if state.step >= cfg.max_steps:
+            if state.step >= max_steps:
                 break
         else:
             state.epoch += 1
             state.batch_in_epoch = 0
     progress.close()
+    state.tokens += int(tokens)
     state.seconds = time.perf_counter() - started
     return state
+
+
+def train_policy(accelerator, model, method, examples, reference, pad_token_id: int, cfg: TrainConfig,
+                 output_dir: Path, log) -> TrainState:
+    """An offline method's training: per micro-batch, one concatenated forward for the policy's per-sequence
+    log-probs, the precomputed reference log-probs from the batch, and `method.loss(policy, reference)`."""
+    from transformers import get_scheduler
+
+    loader = make_loader(examples, None if method.reference_free else reference, cfg.batch_size, pad_token_id,
+                         shuffle=True, seed=cfg.seed)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
+                                  weight_decay=cfg.weight_decay)
+    # accelerate steps a prepared scheduler once per process per optimizer step (it assumes the schedule
+    # counts single-process batches), so the schedule is laid out in those ticks: step k then has the same
+    # learning rate whatever the number of processes.
+    ticks = accelerator.num_processes
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
+                              num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps) * ticks,
+                              num_training_steps=cfg.max_steps * ticks)
+
+    def step_loss(model, batch) -> LossOutput:
+        policy = policy_logps(model, batch)
+        return method.loss(policy, None if method.reference_free else reference_logps(batch))
+
+    return train_loop(model, step_loss, loader, optimizer, scheduler, max_steps=cfg.max_steps,
+                      max_grad_norm=cfg.max_grad_norm, log_steps=cfg.log_steps, accelerator=accelerator,
+                      checkpoints=output_dir / "checkpoints", save_steps=cfg.save_steps, resume=cfg.resume, log=log,
+                      desc=f"train {method.name}")

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness import SequenceLogps
-from harness.errors import BadInput
+from harness.logps import LossOutput, SequenceLogps
+from harness.errors import BadInput, validation_message
 
 # Every method reports these, so one dashboard fits all methods.
 SHARED_METRICS = ("rewards/chosen", "rewards/rejected", "margins", "accuracy")
@@ -25,12 +24,6 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass
-class LossOutput:
-    loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
 class Method:
     name: ClassVar[str]
     reference_free: ClassVar[bool] = False  # True: the backend skips the reference pass entirely
@@ -43,14 +36,10 @@ class Method:
         try:
             self.params = self.Params(**params)
         except ValidationError as error:
-            first = error.errors()[0]
-            key = ".".join(str(p) for p in first["loc"])
-            if first["type"] == "extra_forbidden":
-                raise BadInput(
-                    f"method {self.name!r} has no parameter {key!r}; its parameters: {', '.join(self.hyperparameters()) or 'none'}"
-                ) from None
-            message = first["msg"].removeprefix("Value error, ")
-            raise BadInput(f"method {self.name!r} parameter {key!r}: {message}" if key else f"method {self.name!r}: {message}") from None
+            message = validation_message(error, "parameter")
+            if error.errors()[0]["type"] == "extra_forbidden":
+                message += f" (its parameters: {', '.join(self.hyperparameters()) or 'none'})"
+            raise BadInput(f"method {self.name!r}: {message}") from None
 
     @classmethod
     def hyperparameters(cls) -> dict[str, dict[str, Any]]:
@@ -82,11 +71,21 @@ class Method:
         raise NotImplementedError
 
 
-def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, paired: bool = True) -> dict[str, float]:
+def mean_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """The mean of `values` over the rows of every process of a launch (TRL gathers KTO's z_ref so);
+    in a single process, the plain mean. One all-reduce of (sum, count), so shards may differ in size."""
+    from accelerate.utils import reduce
+
+    total = reduce(torch.stack([values.sum(), torch.tensor(float(values.numel()), device=values.device)]), "sum")
+    return total[0] / total[1]
+
+
+def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, paired: bool = True) -> dict[str, torch.Tensor]:
     """The shared keys from per-row implicit rewards. Paired: accuracy = share of pairs ranked right.
-    Unpaired (desirable vs undesirable rows): share of rows whose reward has the sign of their label."""
+    Unpaired (desirable vs undesirable rows): share of rows whose reward has the sign of their label.
+    Detached tensors, never floats: a float would cost a host sync per micro-batch on a GPU."""
     chosen_rewards, rejected_rewards = chosen_rewards.detach(), rejected_rewards.detach()
-    mean = lambda t: float(t.mean()) if t.numel() else float("nan")  # noqa: E731
+    mean = lambda t: t.mean() if t.numel() else torch.tensor(float("nan"), device=t.device)  # noqa: E731
     if paired:
         accuracy = mean((chosen_rewards > rejected_rewards).float())
     else:

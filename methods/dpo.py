@@ -29,6 +29,6 @@ class DPO(Method):
         logits = chosen_rewards - rejected_rewards
         losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
         metrics = reward_metrics(chosen_rewards, rejected_rewards)
-        metrics["logps/chosen"] = float(policy.chosen.detach().mean())
-        metrics["logps/rejected"] = float(policy.rejected.detach().mean())
+        metrics["logps/chosen"] = policy.chosen.detach().mean()
+        metrics["logps/rejected"] = policy.rejected.detach().mean()
         return LossOutput(losses.mean(), metrics)

@@ -34,5 +34,5 @@ class IPO(Method):
         h = chosen_ratio / policy.chosen_tokens - rejected_ratio / policy.rejected_tokens
         losses = (h - 1 / (2 * tau)) ** 2
         metrics = reward_metrics(tau * chosen_ratio, tau * rejected_ratio)
-        metrics["logratio_per_token_margin"] = float(h.detach().mean())
+        metrics["logratio_per_token_margin"] = h.detach().mean()
         return LossOutput(losses.mean(), metrics)

@@ -9,14 +9,14 @@ Unpaired: takes prompt/completion/label rows, or paired data split into desirabl
 and shuffled so that batches mix both labels (TRL 1.16 keeps them in blocks, so a batch can hold one
 label only). Each row's mismatched pair (its prompt with another row's completion) is fixed when the data
 is prepared, so its reference log-probs are computed once like every other sequence. z_ref is the
-micro-batch mean (TRL also gathers it across processes). The paper's Eq. 8 asks for
+mean over the micro-batch's mismatched rows of every process, gathered as TRL gathers it. The paper's Eq. 8 asks for
 w_D * n_D / (w_U * n_U) in [1, 4/3]; outside that band the run warns.
 """
 
 import torch
 
 from harness.errors import BadInput
-from methods import LossOutput, Method, Params, hyper, register, reward_metrics
+from methods import LossOutput, Method, Params, hyper, mean_over_processes, register, reward_metrics
 
 EQ8_BAND = (1.0, 4.0 / 3.0)
 
@@ -48,12 +48,12 @@ class KTO(Method):
 
     def loss(self, policy, reference):
         beta = self.params.beta
-        z_ref = (policy.kl - reference.kl).mean().clamp(min=0).detach()
+        z_ref = mean_over_processes(policy.kl - reference.kl).clamp(min=0).detach()
         chosen_ratio = policy.chosen - reference.chosen
         rejected_ratio = policy.rejected - reference.rejected
         chosen_losses = self.params.desirable_weight * (1 - torch.sigmoid(beta * (chosen_ratio - z_ref)))
         rejected_losses = self.params.undesirable_weight * (1 - torch.sigmoid(beta * (z_ref - rejected_ratio)))
         loss = torch.cat([chosen_losses, rejected_losses]).mean()
         metrics = reward_metrics(beta * chosen_ratio, beta * rejected_ratio, paired=False)
-        metrics["kl"] = float(z_ref)
+        metrics["kl"] = z_ref
         return LossOutput(loss, metrics)

@@ -45,6 +45,6 @@ class ORPO(Method):
             nll_sum, nll_tokens = nll_sum - policy.chosen_prompt.sum(), nll_tokens + policy.chosen_prompt_tokens.sum()
         nll = nll_sum / nll_tokens
         metrics = reward_metrics(lam * chosen_avg, lam * rejected_avg)
-        metrics.update(nll=float(nll.detach()), log_odds_ratio=float(log_odds.detach().mean()),
-                       log_odds_chosen=float(odds_term.detach().mean()))
+        metrics.update(nll=nll.detach(), log_odds_ratio=log_odds.detach().mean(),
+                       log_odds_chosen=odds_term.detach().mean())
         return LossOutput(nll - lam * odds_term.mean(), metrics)

@@ -56,6 +56,6 @@ class SimPO(Method):
         nll = -policy.chosen.sum() / policy.chosen_tokens.sum()
         loss = losses.mean() + self.params.sft_weight * nll
         metrics = reward_metrics(beta * chosen_avg, beta * rejected_avg)
-        metrics["nll"] = float(nll.detach())
+        metrics["nll"] = nll.detach()
         return LossOutput(loss, metrics)
 

@@ -25,7 +25,7 @@ def run_trial(params: dict[str, Any]) -> None:
     """The Tune trainable: one run end to end, then its metrics reported to Tune."""
     from ray import tune
 
-    from harness import pipeline
+    from app import pipeline
     from harness.record import RunRecord
 
     trial = params["trial"]
@@ -41,6 +41,12 @@ def run_trial(params: dict[str, Any]) -> None:
     tune.report({k: v for k, v in record.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
+def _has_ray_token() -> bool:
+    """Where Ray 2.60 looks for a cluster's auth token, in its own order."""
+    return bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")
+                or (Path.home() / ".ray" / "auth_token").is_file())
+
+
 def _ray_init(address: str | None) -> None:
     import ray
 
@@ -48,7 +54,12 @@ def _ray_init(address: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+        try:
+            ray.init(address=address, runtime_env={"env_vars": env}, log_to_driver=False)
+        except ConnectionError as error:
+            raise ConnectionError(f"cannot connect to the Ray cluster at {address} ({error}); a cluster with token "
+                                  "authentication needs its token here: ~/.ray/auth_token, RAY_AUTH_TOKEN or "
+                                  "RAY_AUTH_TOKEN_PATH (see README, 'Sweeps on a cluster')") from None
     else:
         ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env={"env_vars": env},
                  log_to_driver=False, configure_logging=False)
@@ -57,10 +68,15 @@ def _ray_init(address: str | None) -> None:
 def run_sweep(spec: SweepSpec, spec_path: Path | str, *, resume: bool = False, address: str | None = None,
               overrides: list[str] | None = None) -> Path:
     """Run (or resume) a sweep; returns its folder (records under runs/, leaderboard files beside them)."""
+    if (address or os.environ.get("RAY_ADDRESS")) and _has_ray_token():
+        # A head started with `ray start` (Ray 2.60) checks a token; a driver given an explicit address sends
+        # it only in token mode. Token mode also connects to a cluster without authentication, so it is the
+        # default whenever a token is at hand. Ray reads the mode when it is imported: set it first.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
     from ray import tune
 
-    from harness import pipeline
+    from app import pipeline
 
     trials = expand(spec, spec_path, overrides)
     if not address and not os.environ.get("RAY_ADDRESS"):

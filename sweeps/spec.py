@@ -24,8 +24,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.config import apply_overrides, build_config
-from harness.errors import BadInput
+from harness.config import apply_overrides, build_config, read_yaml
+from evals.leaderboard import Selection
+from harness.errors import BadInput, validation_message
 
 SPEC_DIR = Path(__file__).parent / "specs"
 
@@ -34,18 +35,6 @@ class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid")
     cpu: float = Field(1, gt=0)
     gpu: float = Field(0, ge=0)
-
-
-class Selection(BaseModel):
-    """Pick each method's best configuration on the validation prompts, report it on the test prompts.
-
-    A configuration is eligible when its mean validation KL to SFT (over seeds) is within `kl_budget`
-    nats, so methods are compared at matched drift rather than at whatever KL one learning rate gives."""
-
-    model_config = ConfigDict(extra="forbid")
-    metric: str = "val_win_rate"
-    mode: str = Field("max", pattern="^(max|min)$")
-    kl_budget: float | None = Field(None, gt=0, description="max mean val_kl_to_sft (nats) of an eligible configuration")
 
 
 class SweepSpec(BaseModel):
@@ -70,15 +59,9 @@ def load_spec(name_or_path: str) -> tuple[SweepSpec, Path]:
         shipped = ", ".join(sorted(p.stem for p in SPEC_DIR.glob("*.yaml")))
         raise BadInput(f"sweep spec not found: {name_or_path} (shipped specs: {shipped})")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-        return SweepSpec.model_validate(tree), path
-    except yaml.YAMLError as error:
-        raise BadInput(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        return SweepSpec.model_validate(read_yaml(path, "sweep spec")), path
     except ValidationError as error:
-        first = error.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        what = f"unknown key {key!r}" if first["type"] == "extra_forbidden" else f"{key!r}: {first['msg']}"
-        raise BadInput(f"{path}: {what}") from None
+        raise BadInput(f"{path}: {validation_message(error, 'spec key')}") from None
 
 
 def _product(grid: dict[str, list[Any]], where: str) -> list[dict[str, Any]]:

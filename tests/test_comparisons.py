@@ -184,10 +184,11 @@ def test_kl_under_non_plain_eval_decoding_comes_from_separate_plain_samples(embe
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from evals.evaluate import evaluate
+    from evals.evaluate import Prompts, evaluate
     from evals.scorers import GoldScorer
     from harness.config import EvalConfig
     from harness.data import Formatter
+    from harness.reference import Reference
 
     tokenizer = AutoTokenizer.from_pretrained(embedded.sft_path)
     sft = AutoModelForCausalLM.from_pretrained(embedded.sft_path)
@@ -196,9 +197,9 @@ def test_kl_under_non_plain_eval_decoding_comes_from_separate_plain_samples(embe
         policy.model.norm.weight.mul_(1.5)
     prompts = embedded.eval_prompts[:24]
     ids = [Formatter(tokenizer, 64, 32).prompt_ids(p) for p in prompts]
-    run = lambda **decoding: evaluate(policy, tokenizer, prompts, ids, EvalConfig(num_prompts=24, **decoding), judge_scorer,  # noqa: E731
-                                      sft_model=sft, sft_fingerprint="kl-decoding-test",
-                                      cache_dir=str(embedded.root.parent.parent), gold=GoldScorer())
+    run = lambda **decoding: evaluate(policy, Reference(sft, "kl-decoding-test"), tokenizer, Prompts(prompts, ids),  # noqa: E731
+                                      EvalConfig(num_prompts=24, **decoding), {"judge": judge_scorer, "gold": GoldScorer()},
+                                      str(embedded.root.parent.parent))
     plain, cooled = run(), run(temperature=0.5)
     assert plain["kl_decoding"] == "plain" and cooled["kl_decoding"] == "plain, separate samples"
     assert cooled["eval_decoding"] == "temperature=0.5 top_p=1.0"

@@ -7,12 +7,13 @@ import pytest
 
 import harness
 from evals import win_rate
-from evals.evaluate import evaluate
+from evals.evaluate import Prompts, evaluate
 from evals.judge import RewardModelJudge, embedded_judge
 from evals.scorers import GoldScorer, make_scorer
 from harness.config import EvalConfig, load_config
 from harness.data import Formatter
 from harness.errors import BadInput
+from harness.reference import Reference
 
 from .conftest import quick_overrides, run_cli
 
@@ -59,8 +60,8 @@ def test_sft_against_itself_is_a_coin_flip(judge, embedded):
     assert result.low <= 0.5 <= result.high
     # and through evaluate(): the same model with the same seeded decoding ties on every prompt
     cfg = EvalConfig(num_prompts=40)
-    metrics = evaluate(model, tokenizer, prompts[:40], ids[:40], cfg, judge, sft_model=model,
-                       sft_fingerprint="sft-self-test", cache_dir=str(embedded.root.parent.parent), gold=GoldScorer())
+    metrics = evaluate(model, Reference(model, "sft-self-test"), tokenizer, Prompts(prompts[:40], ids[:40]), cfg,
+                       {"judge": judge, "gold": GoldScorer()}, str(embedded.root.parent.parent))
     assert metrics["win_rate"] == 0.5 and metrics["ties"] == 40 and metrics["kl_to_sft"] == pytest.approx(0, abs=1e-5)
     assert metrics["judge_gold_gap"] == 0 and not metrics["judge_gap_flag"] and metrics["judge_agreement_run"] is None
     assert metrics["per_prompt"]["judge"] == [0.5] * 40
@@ -92,8 +93,8 @@ def test_a_scorer_returning_nan_is_an_error(embedded):
     prompts = embedded.eval_prompts[:8]
     ids = [Formatter(tokenizer, 64, 32).prompt_ids(p) for p in prompts]
     with pytest.raises(ValueError, match="nan-judge.*nan.*response 3"):
-        evaluate(model, tokenizer, prompts, ids, EvalConfig(num_prompts=8), NanJudge(), sft_model=model,
-                 sft_fingerprint="nan-test", cache_dir=str(embedded.root.parent.parent))
+        evaluate(model, Reference(model, "nan-test"), tokenizer, Prompts(prompts, ids), EvalConfig(num_prompts=8),
+                 {"judge": NanJudge()}, str(embedded.root.parent.parent))
 
 
 def test_run_record_holds_eval_metrics_and_harness_eval_reproduces_them(tmp_path, embedded):

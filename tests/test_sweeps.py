@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,3 +120,40 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, embedd
         attempts = (folder / "attempts.jsonl").read_text().splitlines()
         if trial["name"] in done_before:
             assert len(attempts) == 1, f"{trial['name']} finished before the kill but ran again"
+
+
+def test_sweep_through_address_on_a_hand_started_head_with_token_auth(tmp_path, embedded):
+    """A user's cluster in miniature: `ray start --head` on loopback with its own temp dir and Ray's token
+    authentication on, then `harness sweep --address`. The driver is given only the token, as a user
+    copying it from the head would; the harness turns token mode on. Only this head is stopped."""
+    import secrets
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))  # short: Ray's socket paths stay < 107 bytes
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}",
+                             "--node-ip-address=127.0.0.1", f"--temp-dir={temp}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats"],
+                            env={**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        started = head.communicate(timeout=120)[0]
+        assert head.returncode == 0, started[-2000:]
+        path = write_spec(tmp_path, name="onhead", base=TINY, grid={"method.beta": [0.1, 0.3]}, max_concurrent=2)
+        result = subprocess.run([sys.executable, "-m", "harness", "sweep", str(path), "--address", f"127.0.0.1:{port}"],
+                                capture_output=True, text=True, cwd=REPO, timeout=900,
+                                env={**env, "RAY_AUTH_TOKEN": token})
+        assert result.returncode == 0, result.stderr[-3000:]
+        records = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "onhead").glob("runs/*/record.json")]
+        assert sorted(r["method_params"]["beta"] for r in records if r["status"] == "completed") == [0.1, 0.3]
+        # the trials ran in the head's workers (their logs are in its temp dir), not in a local Ray
+        worker_logs = " ".join(p.read_text(errors="replace") for p in temp.glob("session_*/logs/worker-*.err"))
+        assert "train dpo" in worker_logs
+    finally:
+        kill_session(head.pid)  # the head's daemons live in the session `ray start` ran in
+        shutil.rmtree(temp, ignore_errors=True)

@@ -20,17 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..cache import cached_dir, key_of
 from ..config import TaskConfig
+from ..trainer import TrainState
 from .task import VOCAB, ReviewTask
 
 TASK_VERSION = 4  # bump when the task or the model recipe changes: it is part of the cache key
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=4, max_position_embeddings=128)
-SFT_BATCH, SFT_LR = 32, 3e-3
+SFT_BATCH, SFT_LR, SFT_LOG_STEPS = 32, 3e-3, 20
 BUILD_THREADS = 2
 
 
@@ -78,34 +78,33 @@ def build_base_model(tokenizer, seed: int):
     return LlamaForCausalLM(config)
 
 
-def train_sft(model, tokenizer, rows: list[dict], steps: int, seed: int) -> list[float]:
-    """Completion-only next-token loss on base-distribution responses (prompt tokens masked out)."""
+def train_sft(model, tokenizer, rows: list[dict], steps: int, seed: int) -> TrainState:
+    """Completion-only next-token loss on base-distribution responses (prompt tokens masked out), through
+    the backend's training loop: batches of SFT_BATCH rows drawn with replacement, AdamW, one-cycle schedule."""
     from ..data import Formatter, collate
-    from ..logps import token_logps
+    from ..logps import LossOutput, token_logps
+    from ..trainer import train_loop
 
     formatter = Formatter(tokenizer, max_length=96, max_prompt_length=16)
     sequences = []
     for row in rows:
         prompt = formatter.prompt_ids(row["prompt"])
         sequences.append([(prompt, formatter.completion_ids(row["prompt"], row["response"], len(prompt)), 0)])
-    generator = torch.Generator().manual_seed(seed)
+    sampler = torch.utils.data.RandomSampler(sequences, replacement=True, num_samples=steps * SFT_BATCH,
+                                             generator=torch.Generator().manual_seed(seed))
+    loader = torch.utils.data.DataLoader(sequences, batch_size=SFT_BATCH, sampler=sampler,
+                                         collate_fn=lambda picked: collate(picked, None, tokenizer.pad_token_id))
     optimizer = torch.optim.AdamW(model.parameters(), lr=SFT_LR, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=SFT_LR, total_steps=steps, pct_start=0.1)
-    model.train()
-    losses = []
-    for _ in tqdm(range(steps), desc="SFT (embedded task)", leave=False):
-        picks = torch.randint(len(sequences), (SFT_BATCH,), generator=generator).tolist()
-        batch = collate([sequences[i] for i in picks], None, tokenizer.pad_token_id)
+
+    def step_loss(model, batch) -> LossOutput:
         mask = batch["completion_mask"][:, 1:].float()
-        loss = -(token_logps(model, batch["input_ids"], batch["attention_mask"]) * mask).sum() / mask.sum()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
+        return LossOutput(-(token_logps(model, batch["input_ids"], batch["attention_mask"]) * mask).sum() / mask.sum())
+
+    state = train_loop(model, step_loss, loader, optimizer, schedule, max_steps=steps, max_grad_norm=1.0,
+                       log_steps=SFT_LOG_STEPS, desc="SFT (embedded task)")
     model.eval()
-    return losses
+    return state
 
 
 def _build(cfg: TaskConfig, out: Path) -> None:
@@ -126,10 +125,11 @@ def _build(cfg: TaskConfig, out: Path) -> None:
     tokenizer.save_pretrained(out / "tokenizer")
     with build_threads():
         model = build_base_model(tokenizer, cfg.seed)
-        losses = train_sft(model, tokenizer, sft_rows, cfg.sft_steps, cfg.seed)
+        state = train_sft(model, tokenizer, sft_rows, cfg.sft_steps, cfg.seed)
     model.save_pretrained(out / "sft")  # safetensors
     tokenizer.save_pretrained(out / "sft")
-    (out / "sft_log.json").write_text(json.dumps({"first_loss": losses[0], "final_loss": sum(losses[-20:]) / 20}))
+    (out / "sft_log.json").write_text(json.dumps({"first_loss": state.first_loss, "final_loss": state.history[-1]["loss"],
+                                                  "history": state.history}))
 
 
 def prepare_embedded(cfg: TaskConfig, cache_dir: str) -> EmbeddedAssets:

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from .errors import BadInput
+from harness.errors import BadInput
 
 # The leaderboard columns printed in the terminal (leaderboard.md shows more, leaderboard.csv every number).
 TERMINAL_COLUMNS = ("method", "params", "lr", "seeds", "val win rate", "val KL", "grid edge", "judge win rate [95% CI]",
@@ -65,12 +65,14 @@ def _summary_rows(record) -> list[tuple[str, str]]:
 
 
 def cmd_train(args) -> int:
+    from harness.config import load_config
+
     from . import pipeline
-    from .config import load_config
 
     cfg = load_config(args.config, args.overrides)
     record = pipeline.train(cfg)
-    _table(f"run {record.trial_id}", _summary_rows(record))
+    if int(os.environ.get("RANK", "0")) == 0:  # under a multi-process launch, one summary, from the main process
+        _table(f"run {record.trial_id}", _summary_rows(record))
     return 0
 
 

@@ -1,0 +1,62 @@
+"""RunContext: everything one run reads, built once and shared by train, prepare and eval."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import methods
+from evals.evaluate import Prompts
+from evals.scorers import GoldScorer, Scorer, make_scorer
+from harness.config import MethodConfig, RunConfig, build_config
+from harness.data import Formatter
+from harness.errors import BadInput
+from harness.models import fingerprint, load_causal_lm, load_tokenizer
+from harness.reference import Reference
+from harness.sources import TaskData, load_task
+
+
+def make_scorers(cfg: RunConfig, task: TaskData) -> dict[str, Scorer]:
+    """{"judge": ..., "gold": ...} (gold where the task knows it), loaded (or trained, for the embedded
+    task) before anything is trained or written."""
+    judge = make_scorer(cfg.eval.judge, task.eval_prompts, embedded_assets=task.embedded, cache_dir=cfg.cache_dir,
+                        device=cfg.model.device, trust_remote_code=cfg.model.trust_remote_code)
+    # Gold is reported beside the judge wherever it is known (also when it is the judge).
+    gold = judge if judge.name == "gold" else GoldScorer() if task.embedded else None
+    return {"judge": judge, **({"gold": gold} if gold is not None else {})}
+
+
+@dataclass
+class RunContext:
+    cfg: RunConfig  # resolved: the method's defaults are written in, so equal runs hash equal
+    method: Any  # a methods.Method
+    task: TaskData
+    tokenizer: Any
+    formatter: Formatter
+    sft_fingerprint: str
+    scorers: dict[str, Scorer]  # empty when eval.num_prompts == 0
+
+    @classmethod
+    def build(cls, config: RunConfig | dict, source: str = "config") -> "RunContext":
+        """Validate the config and the method, load the task, the scorers and the tokenizer. Raises BadInput
+        before anything is trained or written."""
+        cfg = config if isinstance(config, RunConfig) else build_config(config, source)
+        method = methods.get(cfg.method.name, **cfg.method.params())
+        if method.kind != "offline":
+            raise BadInput(f"method {method.name!r} is {method.kind}; `harness train` runs offline methods")
+        cfg = cfg.model_copy(update={"method": MethodConfig(name=method.name, **method.recorded_params())})
+        task = load_task(cfg)
+        scorers = make_scorers(cfg, task) if cfg.eval.num_prompts else {}
+        tokenizer = load_tokenizer(task.sft_path, cfg.model)
+        formatter = Formatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.apply_chat_template)
+        return cls(cfg, method, task, tokenizer, formatter, fingerprint(task.sft_path, cfg.model.revision), scorers)
+
+    def prompts(self, texts: list) -> Prompts:
+        return Prompts(texts, [self.formatter.prompt_ids(p) for p in texts])
+
+    def load_sft(self, device=None):
+        return load_causal_lm(self.task.sft_path, self.cfg.model, device)
+
+    def reference_beside(self, policy) -> Reference:
+        """The SFT model to compare a trained `policy` with (its LoRA base, or a separate copy)."""
+        return Reference.beside(policy, self.sft_fingerprint, lambda: self.load_sft(next(policy.parameters()).device))

@@ -1,0 +1,202 @@
+"""One run end to end: build the RunContext, compute reference log-probs (cached), train, evaluate
+against the SFT model, write the run record.
+
+`harness.train(config) -> RunRecord` is the Python entry point; `harness train` calls it.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evals.evaluate import evaluate, judge_agreement, preference_accuracy, preference_ceiling, sft_side
+from harness.cache import cached_dir, key_of
+from harness.config import RunConfig, apply_overrides
+from harness.data import prepare_examples
+from harness.errors import BadInput
+from harness.logps import CHOSEN, REJECTED
+from harness.models import add_lora, load_causal_lm, pick_device
+from harness.record import RunRecord, hardware, versions
+from harness.reference import Reference
+from harness.tracking import Tracker
+from harness.trainer import train_policy
+
+from .context import RunContext
+
+VAL_METRICS = ("win_rate", "win_rate_low", "win_rate_high", "gold_win_rate", "gold_reward", "kl_to_sft", "kl_to_sft_se",
+               "num_prompts")
+
+
+def cached_reference(reference: Reference, prepared, pad_token_id: int, cache_dir: str) -> tuple[list[list[float]], bool]:
+    """Reference log-probs of every training sequence: one pass of the SFT weights, content-addressed on disk."""
+    from safetensors.torch import load_file, save_file
+
+    dtype = str(next(reference.model.parameters()).dtype)
+    key = key_of("reference-logps", reference.fingerprint, prepared.fingerprint, dtype, torch.__version__)
+
+    def build(out: Path) -> None:
+        values = reference.sequence_logps(prepared.examples, pad_token_id, desc="reference log-probs")
+        save_file({"values": torch.tensor([v for vs in values for v in vs], dtype=torch.float32),
+                   "lengths": torch.tensor([len(vs) for vs in values])}, str(out / "reference.safetensors"))
+
+    folder, hit = cached_dir(cache_dir, "reference-logps", key, build)
+    stored = load_file(str(folder / "reference.safetensors"))
+    flat, lengths = stored["values"].tolist(), stored["lengths"].tolist()
+    values, start = [], 0
+    for n in lengths:
+        values.append(flat[start:start + n])
+        start += n
+    return values, hit
+
+
+def _make_accelerator(cfg: RunConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    device = pick_device(cfg.model.device)
+    mixed = "bf16" if device.type == "cuda" and cfg.model.dtype == "auto" and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed,
+                       gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed))
+
+
+def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | None = None) -> RunRecord:
+    """Train, evaluate and record one run. Raises BadInput (before writing anything) for bad config or data."""
+    from accelerate.utils import set_seed
+
+    started = time.perf_counter()
+    ctx = RunContext.build(config)
+    cfg, method, task, tokenizer = ctx.cfg, ctx.method, ctx.task, ctx.tokenizer
+    output_dir = Path(cfg.output_dir).expanduser().absolute()
+    accelerator = _make_accelerator(cfg)
+    set_seed(cfg.train.seed)
+    prepared = prepare_examples(task.rows, ctx.formatter, method.paired, cfg.data.seed)
+    roles = [seq[2] for example in prepared.examples for seq in example]
+    for warning in method.check_setup(cfg.train.batch_size, roles.count(CHOSEN), roles.count(REJECTED)):
+        warnings.warn(warning, stacklevel=2)
+    model = add_lora(load_causal_lm(task.sft_path, cfg.model, accelerator.device), cfg.model)
+
+    record = RunRecord(
+        spec=spec, trial_id=trial_id or output_dir.name, method=method.name,
+        method_params=method.recorded_params(), seed=cfg.train.seed,
+        method_facts={"reference_free": method.reference_free, "paired": method.paired, "kind": method.kind},
+        config=cfg.resolved(), config_hash=cfg.config_hash(), output_dir=str(output_dir),
+        dataset={"source": cfg.data.source, "fingerprint": prepared.fingerprint, "sft_model": task.sft_path,
+                 "sft_fingerprint": ctx.sft_fingerprint, **task.stats, **prepared.stats,
+                 "eval_prompts": len(task.eval_prompts), "eval_prompts_fingerprint": key_of(task.eval_prompts),
+                 "val_prompts": len(task.val_prompts), "val_prompts_fingerprint": key_of(task.val_prompts)},
+        versions=versions(), hardware=hardware())
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        record.write()
+    tracker = Tracker(output_dir, cfg.wandb, name=record.trial_id, group=spec or cfg.name, job_type=method.name,
+                      config=cfg.resolved(), enabled=accelerator.is_main_process)
+    try:
+        reference, reference_hit = (None, None) if method.reference_free else cached_reference(
+            Reference.untrained(model, ctx.sft_fingerprint), prepared, tokenizer.pad_token_id, cfg.cache_dir)
+        state = train_policy(accelerator, model, method, prepared.examples, reference, tokenizer.pad_token_id,
+                             cfg.train, output_dir, tracker.log)
+        policy = accelerator.unwrap_model(model)
+        if cfg.train.save_model and accelerator.is_main_process:
+            policy.save_pretrained(output_dir / "model")
+            tokenizer.save_pretrained(output_dir / "model")
+        world = accelerator.num_processes
+        metrics: dict[str, Any] = {
+            "first_train_loss": state.first_loss, "final_train_loss": state.history[-1]["loss"],
+            "train_steps": state.step, "train_time_s": state.seconds,
+            # The data budget in preference pairs: an unpaired row (KTO) is half a pair.
+            "pairs_seen": state.examples * (1.0 if method.paired else 0.5),
+            "tokens_per_s": state.tokens / state.seconds if state.seconds else None,
+            "reference_cache_hit": reference_hit,
+            # Processes of the launch, and examples per optimizer step over all of them.
+            "world_size": world,
+            "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world}
+        if cfg.eval.num_prompts and accelerator.is_main_process:
+            evaluated, record.outcomes = evaluate_run(ctx, policy, output_dir)
+            metrics.update(evaluated)
+        metrics["wall_time_s"] = time.perf_counter() - started
+        record.metrics, record.status = metrics, "completed"
+        tracker.summary(metrics)
+    except BaseException as error:
+        record.status = "failed"
+        record.error = f"{type(error).__name__}: {error}"
+        record.traceback = traceback.format_exc(limit=8)
+        raise
+    finally:
+        if accelerator.is_main_process:
+            record.write()
+        tracker.finish(failed=record.status != "completed")
+    return record
+
+
+def prepare(config: RunConfig | dict) -> dict[str, Any]:
+    """What every trial of a sweep only reads: the task (and for the embedded task its SFT model and judge),
+    the reference log-probs of the train split, and the SFT generations with their scores, all in the
+    content-addressed cache. Returns which of them were computed now (False) or found (True)."""
+    ctx = RunContext.build(config)
+    cfg, task = ctx.cfg, ctx.task
+    done: dict[str, Any] = {"task_cache_hit": task.stats.get("task_cache_hit")}
+    sft = Reference(ctx.load_sft(), ctx.sft_fingerprint)
+    if not ctx.method.reference_free:
+        prepared = prepare_examples(task.rows, ctx.formatter, ctx.method.paired, cfg.data.seed)
+        done["reference_cache_hit"] = cached_reference(sft, prepared, ctx.tokenizer.pad_token_id, cfg.cache_dir)[1]
+    for split, prompts in (("eval", task.eval_prompts), ("val", task.val_prompts)):
+        if prompts and ctx.scorers:
+            done[f"sft_{split}_cache_hit"] = sft_side(sft, ctx.tokenizer, ctx.prompts(prompts), cfg.eval, ctx.scorers,
+                                                      cfg.cache_dir)[1]
+    return done
+
+
+def evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict]:
+    """Win rate vs SFT (judge and gold), KL, length, diversity, held-out preference accuracy with its SFT
+    baseline and gold ceiling, judge agreement. Returns (metrics, per-prompt outcomes by split)."""
+    cfg, task, scorers = ctx.cfg, ctx.task, ctx.scorers
+    sft = ctx.reference_beside(policy)
+    metrics = evaluate(policy, sft, ctx.tokenizer, ctx.prompts(task.eval_prompts), cfg.eval, scorers, cfg.cache_dir,
+                       output_dir / "eval")
+    outcomes = {"test": metrics.pop("per_prompt")}
+    if task.val_prompts:
+        val = evaluate(policy, sft, ctx.tokenizer, ctx.prompts(task.val_prompts), cfg.eval, scorers, cfg.cache_dir)
+        outcomes["val"] = val.pop("per_prompt")
+        metrics.update({f"val_{k}": v for k, v in val.items() if k in VAL_METRICS})
+    if task.heldout_pairs:
+        heldout = prepare_examples(task.heldout_pairs, ctx.formatter, paired=True)
+        metrics.update(preference_accuracy(ctx.method, policy, sft, heldout.examples, ctx.tokenizer.pad_token_id,
+                                           cfg.eval.batch_size))
+        metrics["heldout_pairs"] = len(heldout.examples)
+        gold = scorers.get("gold")
+        if gold is not None:
+            metrics["heldout_pref_ceiling"] = preference_ceiling(gold, task.heldout_pairs)
+            if scorers["judge"] is not gold:
+                metrics["judge_agreement_heldout"] = judge_agreement(scorers["judge"], gold, task.heldout_pairs)
+    return metrics, outcomes
+
+
+def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> RunRecord:
+    """`harness eval RUN_DIR`: evaluate a trained run again (eval.* keys may be overridden) and update its record."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    if not (run_dir / "record.json").is_file():
+        raise BadInput(f"{run_dir}: no record.json (not a run directory)")
+    record = RunRecord.read(run_dir)
+    bad = [o for o in overrides or [] if not o.startswith("eval.")]
+    if bad:
+        raise BadInput(f"harness eval takes only eval.* overrides, got {bad[0]!r}")
+    if not (run_dir / "model").is_dir():
+        raise BadInput(f"{run_dir}: no saved model (the run had train.save_model=false or did not finish)")
+    ctx = RunContext.build(apply_overrides(dict(record.config), overrides or []), str(run_dir / "record.json"))
+    if (run_dir / "model" / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        policy = PeftModel.from_pretrained(ctx.load_sft(), str(run_dir / "model"))
+    else:
+        policy = load_causal_lm(str(run_dir / "model"), ctx.cfg.model)
+    metrics, record.outcomes = evaluate_run(ctx, policy, run_dir)
+    record.metrics.update(metrics)
+    record.config = ctx.cfg.resolved()
+    record.write(run_dir)
+    return record

@@ -75,10 +75,6 @@ def sft_side(sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfig, score
     return json.loads((folder / "sft_side.json").read_text()), hit
 
 
-def scorer_set(judge: Scorer, gold: Scorer | None) -> dict[str, Scorer]:
-    return {"judge": judge, **({"gold": gold} if gold is not None else {})}
-
-
 def _ordered_share(chosen, rejected) -> float:
     """Share of pairs whose chosen side scores higher; a tie counts one half (a scorer that cannot tell
     the two apart is a coin flip, not wrong)."""

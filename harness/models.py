@@ -1,12 +1,9 @@
 """Model loading: transformers Auto classes by hub id or local path, device and dtype, optional LoRA.
-
-The reference model is never a second copy: reference log-probs are computed once, before training,
-from the SFT weights the policy starts from (with LoRA, the base model with the adapter disabled).
+(The SFT reference a policy is compared with is `harness.reference.Reference`.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -77,13 +74,6 @@ def add_lora(model, cfg: ModelConfig):
     lora = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
                       target_modules=cfg.lora.target_modules, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
-
-
-def reference_weights(model):
-    """Context in which `model` computes reference log-probs: the adapter off for LoRA, else as is
-    (called before the first optimizer step, when the policy still holds the SFT weights)."""
-    return model.disable_adapter() if hasattr(model, "disable_adapter") and hasattr(model, "peft_config") \
-        else contextlib.nullcontext()
 
 
 def fingerprint(path: str, revision: str | None = None) -> str:

@@ -1,4 +1,5 @@
-"""The method losses reproduce the numbers TRL 1.16 computes on the same inputs (../shared/conformance)."""
+"""The method losses reproduce the numbers TRL 1.16 computes on the same inputs (tests/conformance/, the
+repo's own copy of ../shared/conformance, so every clone checks them)."""
 
 import json
 
@@ -8,11 +9,13 @@ import torch
 import methods
 from harness import SequenceLogps
 
-from .conftest import shared_path
+from .conftest import REPO
+
+GOLDEN = REPO / "tests" / "conformance" / "trl-1.16-golden.json"
 
 
 def golden():
-    return json.loads(shared_path("conformance", "trl-1.16-golden.json").read_text())
+    return json.loads(GOLDEN.read_text())
 
 
 def pair_logps(data, case):
@@ -83,15 +86,12 @@ TRL_SPELLING = {"orpo": {"nll_on_prompt": True}}
 
 
 def _case_names():
-    from .conftest import SHARED
-
-    path = SHARED / "conformance" / "trl-1.16-golden.json"
-    return sorted(json.loads(path.read_text())["cases"]) if path.exists() else ["shared-absent"]
+    return sorted(json.loads(GOLDEN.read_text())["cases"])
 
 
 @pytest.mark.parametrize("name", _case_names())
 def test_every_golden_case(name):
-    data = golden()  # skips with a reason when ../shared is absent
+    data = golden()
     case = data["cases"][name]
     method = methods.get(case["method"], **case["params"], **TRL_SPELLING.get(case["method"], {}))
     if case["method"] == "kto":
@@ -128,3 +128,9 @@ def test_simpo_gamma_spellings_agree():
 
 def test_ipo_accepts_trl_beta_as_tau():
     assert methods.get("ipo", beta=0.5).recorded_params() == methods.get("ipo", tau=0.5).recorded_params() == {"tau": 0.5}
+
+
+def test_the_repo_copy_is_the_shared_one():
+    from .conftest import shared_path
+
+    assert GOLDEN.read_bytes() == shared_path("conformance", "trl-1.16-golden.json").read_bytes()

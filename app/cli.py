@@ -145,7 +145,7 @@ def cmd_methods(args) -> int:
     for column in ("method", "facts", "parameter", "default", "sweep", "bounds", "description"):
         table.add_column(column)
     for name, cls in methods.available().items():
-        facts = f"{cls.kind}{', reference-free' if cls.reference_free else ''}{', unpaired ok' if not cls.paired else ''}"
+        facts = f"{cls.kind}{', reference-free' if cls.reference_free else ''}; consumes {', '.join(sorted(cls.consumes))}"
         for i, (param, info) in enumerate(cls.hyperparameters().items()):
             bounds = " ".join(f"{k} {v}" for k, v in info["bounds"].items())
             table.add_row(name if i == 0 else "", facts if i == 0 else "", param, str(info["default"]),

@@ -19,7 +19,7 @@ from harness.cache import cached_dir, key_of
 from harness.config import RunConfig, apply_overrides
 from harness.data import prepare_examples
 from harness.errors import BadInput
-from harness.logps import CHOSEN, REJECTED
+from harness.logps import CHOSEN, PAIRS, REJECTED
 from harness.models import add_lora, load_causal_lm, pick_device
 from harness.record import RunRecord, hardware, versions
 from harness.reference import Reference
@@ -75,7 +75,7 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
     output_dir = Path(cfg.output_dir).expanduser().absolute()
     accelerator = _make_accelerator(cfg)
     set_seed(cfg.train.seed)
-    prepared = prepare_examples(task.rows, ctx.formatter, method.paired, cfg.data.seed)
+    prepared = prepare_examples(task.rows, ctx.formatter, method.consumes, cfg.data.seed)
     roles = [seq[2] for example in prepared.examples for seq in example]
     for warning in method.check_setup(cfg.train.batch_size, roles.count(CHOSEN), roles.count(REJECTED)):
         warnings.warn(warning, stacklevel=2)
@@ -84,7 +84,8 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
     record = RunRecord(
         spec=spec, trial_id=trial_id or output_dir.name, method=method.name,
         method_params=method.recorded_params(), seed=cfg.train.seed,
-        method_facts={"reference_free": method.reference_free, "paired": method.paired, "kind": method.kind},
+        method_facts={"reference_free": method.reference_free, "paired": method.paired, "kind": method.kind,
+                      "consumes": sorted(method.consumes)},
         config=cfg.resolved(), config_hash=cfg.config_hash(), output_dir=str(output_dir),
         dataset={"source": cfg.data.source, "fingerprint": prepared.fingerprint, "sft_model": task.sft_path,
                  "sft_fingerprint": ctx.sft_fingerprint, **task.stats, **prepared.stats,
@@ -143,7 +144,7 @@ def prepare(config: RunConfig | dict) -> dict[str, Any]:
     done: dict[str, Any] = {"task_cache_hit": task.stats.get("task_cache_hit")}
     sft = Reference(ctx.load_sft(), ctx.sft_fingerprint)
     if not ctx.method.reference_free:
-        prepared = prepare_examples(task.rows, ctx.formatter, ctx.method.paired, cfg.data.seed)
+        prepared = prepare_examples(task.rows, ctx.formatter, ctx.method.consumes, cfg.data.seed)
         done["reference_cache_hit"] = cached_reference(sft, prepared, ctx.tokenizer.pad_token_id, cfg.cache_dir)[1]
     for split, prompts in (("eval", task.eval_prompts), ("val", task.val_prompts)):
         if prompts and ctx.scorers:
@@ -165,7 +166,7 @@ def evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict]
         outcomes["val"] = val.pop("per_prompt")
         metrics.update({f"val_{k}": v for k, v in val.items() if k in VAL_METRICS})
     if task.heldout_pairs:
-        heldout = prepare_examples(task.heldout_pairs, ctx.formatter, paired=True)
+        heldout = prepare_examples(task.heldout_pairs, ctx.formatter, {PAIRS})
         metrics.update(preference_accuracy(ctx.method, policy, sft, heldout.examples, ctx.tokenizer.pad_token_id,
                                            cfg.eval.batch_size))
         metrics["heldout_pairs"] = len(heldout.examples)

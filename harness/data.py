@@ -19,10 +19,10 @@ import hashlib
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from .errors import BadInput
-from .logps import CHOSEN, MISMATCHED, REJECTED
+from .logps import CHOSEN, MISMATCHED, MISMATCHED_ROWS, PAIRS, REJECTED, ROWS
 from .models import looks_local
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -259,8 +259,12 @@ def unpair(rows: list[dict], seed: int) -> list[dict]:
     return out
 
 
-def prepare_examples(rows: list[dict], formatter: Formatter, paired: bool, seed: int = 0) -> PreparedData:
-    """Tokenise normalised rows into training examples for a paired or an unpaired method."""
+def prepare_examples(rows: list[dict], formatter: Formatter, consumes: Collection[str], seed: int = 0) -> PreparedData:
+    """Tokenise normalised rows into the training examples a method consumes: pairs, or unpaired rows
+    (with each row's mismatched pair when it asks for MISMATCHED_ROWS)."""
+    paired, mismatched = PAIRS in consumes, MISMATCHED_ROWS in consumes
+    if not paired and ROWS not in consumes:
+        raise ValueError(f"prepare_examples: offline training data is pairs or rows, not {sorted(consumes)}")
     is_unpaired = "completion" in rows[0]
     if paired and is_unpaired:
         raise BadInput("this method needs paired data (prompt/chosen/rejected); the data is unpaired (prompt/completion/label)")
@@ -291,7 +295,7 @@ def prepare_examples(rows: list[dict], formatter: Formatter, paired: bool, seed:
         for i, (prompt, completion, role) in enumerate(tokenised):
             other = tokenised[(i + 1) % len(tokenised)][1]
             other = other[: max(formatter.max_length - len(prompt), 1)]
-            examples.append([(prompt, completion, role), (prompt, other, MISMATCHED)])
+            examples.append([(prompt, completion, role)] + ([(prompt, other, MISMATCHED)] if mismatched else []))
     if not examples:
         raise BadInput("no training example is left after truncation (raise data.max_length?)")
     stats = {"train_examples": len(examples), "dropped_empty_completion": dropped, **formatter.stats}

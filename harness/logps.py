@@ -14,6 +14,13 @@ import torch
 # Roles of the sequences in a batch; the collator orders rows by example, the roles pick them out.
 CHOSEN, REJECTED, MISMATCHED = 0, 1, 2
 
+# What a method can ask the backend for (`Method.consumes`); the backend provides exactly what is asked.
+PAIRS = "pairs"  # a chosen and a rejected completion of one prompt
+ROWS = "rows"  # unpaired rows, each a desirable or an undesirable completion (paired data is split)
+MISMATCHED_ROWS = "mismatched_rows"  # each row's prompt with another row's completion: a KL reference point
+ROLLOUTS = "rollouts"  # the policy's own samples of training prompts, scored, with per-token log-probs (online)
+INPUTS = (PAIRS, ROWS, MISMATCHED_ROWS, ROLLOUTS)
+
 
 @dataclass
 class SequenceLogps:

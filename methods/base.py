@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.logps import LossOutput, SequenceLogps
+from harness.logps import INPUTS, PAIRS, ROLLOUTS, LossOutput, SequenceLogps
 from harness.errors import BadInput, validation_message
 
 # Every method reports these, so one dashboard fits all methods.
@@ -26,11 +26,23 @@ class Params(BaseModel):
 
 class Method:
     name: ClassVar[str]
+    # What the backend must provide (harness.logps: PAIRS, ROWS, MISMATCHED_ROWS, ROLLOUTS), and nothing more.
+    consumes: ClassVar[frozenset[str]] = frozenset({PAIRS})
     reference_free: ClassVar[bool] = False  # True: the backend skips the reference pass entirely
-    paired: ClassVar[bool] = True  # False: takes unpaired rows (paired data is unpaired for it)
+    # Read by the backend, derived from `consumes` (never set by hand): pairs or unpaired rows; offline
+    # (fixed preference data) or online (its own rollouts).
+    paired: ClassVar[bool] = True
     kind: ClassVar[Literal["offline", "online"]] = "offline"
     Params: ClassVar[type[Params]] = Params
     paper: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        unknown = set(cls.consumes) - set(INPUTS)
+        if unknown:
+            raise TypeError(f"{cls.__name__}.consumes: unknown inputs {sorted(unknown)}; the backend provides {INPUTS}")
+        cls.paired = PAIRS in cls.consumes
+        cls.kind = "online" if ROLLOUTS in cls.consumes else "offline"
 
     def __init__(self, **params: Any):
         try:

@@ -16,6 +16,7 @@ w_D * n_D / (w_U * n_U) in [1, 4/3]; outside that band the run warns.
 import torch
 
 from harness.errors import BadInput
+from harness.logps import MISMATCHED_ROWS, ROWS
 from methods import LossOutput, Method, Params, hyper, mean_over_processes, register, reward_metrics
 
 EQ8_BAND = (1.0, 4.0 / 3.0)
@@ -24,7 +25,7 @@ EQ8_BAND = (1.0, 4.0 / 3.0)
 @register
 class KTO(Method):
     name = "kto"
-    paired = False
+    consumes = frozenset({ROWS, MISMATCHED_ROWS})
     paper = "arXiv:2402.01306"
 
     class Params(Params):

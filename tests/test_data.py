@@ -7,7 +7,7 @@ import pytest
 from harness.data import Formatter, load_rows, normalise_row, normalise_rows, prepare_examples, unpair
 from harness.embedded.build import build_tokenizer
 from harness.errors import BadInput
-from harness.logps import CHOSEN, MISMATCHED, REJECTED
+from harness.logps import CHOSEN, MISMATCHED, MISMATCHED_ROWS, PAIRS, REJECTED, ROWS
 
 from .conftest import shared_path
 
@@ -102,7 +102,7 @@ def test_truncation_policy_is_explicit_and_counted():
     rows = [{"prompt": "review pizza price :", "chosen": "the pizza is good .", "rejected": "the pizza is bad ."},
             {"prompt": "review review pizza price :", "chosen": "the pizza price is great and good and nice .",
              "rejected": "the pizza is bad ."}]
-    prepared = prepare_examples(rows, formatter, paired=True)
+    prepared = prepare_examples(rows, formatter, {PAIRS})
     first, second = prepared.examples
     assert first[0][0] == [tokenizer.bos_token_id] + ids("review pizza price :")  # fits: untouched
     assert second[0][0] == ([tokenizer.bos_token_id] + ids("review review pizza price :"))[-5:]  # keeps its end
@@ -116,7 +116,7 @@ def test_row_with_empty_completion_after_truncation_is_dropped_and_counted():
     formatter = Formatter(tokenizer, max_length=5, max_prompt_length=5)
     rows = [{"prompt": "review pizza price :", "chosen": "the pizza is good .", "rejected": "the pizza is bad ."},
             {"prompt": "review pizza :", "chosen": "the pizza is good .", "rejected": "the pizza is bad ."}]
-    prepared = prepare_examples(rows, formatter, paired=True)
+    prepared = prepare_examples(rows, formatter, {PAIRS})
     assert prepared.stats["dropped_empty_completion"] == 1 and len(prepared.examples) == 1
 
 
@@ -144,11 +144,15 @@ def test_unpaired_examples_mix_labels_and_carry_mismatched_pairs():
     unpaired = unpair(rows, seed=0)
     assert sorted(r["label"] for r in unpaired) == [False] * 4 + [True] * 4
     assert [r["label"] for r in unpaired] != [True] * 4 + [False] * 4  # shuffled, not one block per label
-    prepared = prepare_examples(rows, formatter, paired=False)
+    prepared = prepare_examples(rows, formatter, {ROWS, MISMATCHED_ROWS})
     assert len(prepared.examples) == 8
     for i, example in enumerate(prepared.examples):
         (prompt, completion, role), (kl_prompt, kl_completion, kl_role) = example
         assert role in (CHOSEN, REJECTED) and kl_role == MISMATCHED and kl_prompt == prompt
         assert kl_completion == prepared.examples[(i + 1) % 8][0][1]  # the next row's completion
     with pytest.raises(BadInput, match="paired data"):
-        prepare_examples(unpaired, formatter, paired=True)
+        prepare_examples(unpaired, formatter, {PAIRS})
+    # a method that asks for rows alone gets no mismatched pairs: the backend provides what is declared
+    plain = prepare_examples(rows, formatter, {ROWS})
+    assert [len(example) for example in plain.examples] == [1] * 8
+    assert [example[0] for example in plain.examples] == [example[0] for example in prepared.examples]

@@ -11,6 +11,7 @@ import harness
 import methods
 from harness.config import load_config
 from harness.errors import BadInput
+from harness.logps import ROWS
 from methods import LossOutput, Method, Params, hyper, register, reward_metrics
 
 from .conftest import quick_overrides, run_cli
@@ -29,6 +30,30 @@ class ToyHinge(Method):
         chosen = self.params.beta * (policy.chosen - reference.chosen)
         rejected = self.params.beta * (policy.rejected - reference.rejected)
         return LossOutput(torch.relu(1 - (chosen - rejected)).mean(), reward_metrics(chosen, rejected))
+
+
+@register
+class ToyRows(Method):
+    """Defined only here: a logistic loss on unpaired rows that asks for rows alone (no mismatched pairs)."""
+
+    name = "toy_rows"
+    consumes = frozenset({ROWS})
+
+    def loss(self, policy, reference):
+        assert policy.kl is None and reference.kl is None  # not asked for, not provided
+        chosen, rejected = policy.chosen - reference.chosen, policy.rejected - reference.rejected
+        losses = torch.cat([-torch.nn.functional.logsigmoid(chosen), -torch.nn.functional.logsigmoid(-rejected)])
+        return LossOutput(losses.mean(), reward_metrics(chosen, rejected, paired=False))
+
+
+def test_a_method_gets_exactly_the_inputs_it_declares(tmp_path, embedded):
+    assert (ToyRows.paired, ToyRows.kind, methods.get_class("kto").paired) == (False, "offline", False)
+    record = harness.train(load_config(None, quick_overrides(tmp_path, **{"method.name": "toy_rows", "train.max_steps": 3})))
+    assert record.status == "completed" and record.method_facts["consumes"] == ["rows"]
+    assert record.dataset["train_examples"] == 2000  # 1,000 pairs split into rows, no mismatched sequence
+    assert record.metrics["first_train_loss"] == pytest.approx(math.log(2), abs=1e-5)  # log-ratio 0 at step one
+    with pytest.raises(TypeError, match="unknown inputs"):
+        type("Bad", (Method,), {"name": "bad", "consumes": frozenset({"pairs", "images"})})
 
 
 def test_a_method_registered_in_tests_trains(tmp_path, embedded):

@@ -29,7 +29,8 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
 def _summary_rows(record) -> list[tuple[str, str]]:
     m = record.metrics
     rows = [("method", f"{record.method} {record.method_params}"),
-            ("train pairs", str(record.dataset.get("train_examples"))),
+            ("train pairs" if record.dataset.get("train_prompts") is None else "train prompts (sampled from)",
+             str(record.dataset.get("train_examples", record.dataset.get("train_prompts")))),
             ("first / final train loss", f"{m['first_train_loss']:.4f} / {m['final_train_loss']:.4f}")]
     if "win_rate" in m:
         rows += [(f"win rate vs SFT ({m['judge']}, {m['num_prompts']} prompts)",
@@ -40,6 +41,9 @@ def _summary_rows(record) -> list[tuple[str, str]]:
                 rows += [("win rate vs SFT (gold)", f"{m['gold_win_rate']:.3f} [{m['gold_win_rate_low']:.3f}, "
                                                     f"{m['gold_win_rate_high']:.3f}]")]
             rows += [("gold reward: SFT -> policy", f"{m['gold_reward_sft']:.3f} -> {m['gold_reward']:.3f}")]
+        if "proxy_reward" in m:
+            rows += [("reward model optimised: SFT -> policy", f"{m['proxy_reward_sft']:.3f} -> {m['proxy_reward']:.3f}, "
+                      f"win rate {m['proxy_win_rate']:.3f}")]
         if "judge_agreement_heldout" in m:
             rows += [("judge agreement with gold (held-out pairs)", f"{m['judge_agreement_heldout']:.3f}")]
         if m.get("judge_agreement_run") is not None:
@@ -56,8 +60,12 @@ def _summary_rows(record) -> list[tuple[str, str]]:
                  ("mean length: SFT -> policy (tokens)", f"{m['mean_length_sft']:.1f} -> {m['mean_length']:.1f}"),
                  ("distinct-2 within a response: SFT -> policy",
                   f"{m['distinct_2_per_response_sft']:.3f} -> {m['distinct_2_per_response']:.3f}"),
-                 ("repeat rate: SFT -> policy", f"{m['repeat_rate_sft']:.3f} -> {m['repeat_rate']:.3f}"),
-                 ("pairs seen in training", f"{m['pairs_seen']:g}")]
+                 ("repeat rate: SFT -> policy", f"{m['repeat_rate_sft']:.3f} -> {m['repeat_rate']:.3f}")]
+        rows += [("pairs seen in training", f"{m['pairs_seen']:g}")] if m.get("pairs_seen") is not None else [
+            ("sampled sequences trained on (x epochs)", f"{m['samples_trained']:g}")]
+    if "tokens_trained" in m:
+        rows += [("tokens trained / forwarded / generated",
+                  f"{m['tokens_trained']:,} / {m['tokens_forwarded']:,} / {m['tokens_generated']:,}")]
     if "wall_time_s" in m:
         rows += [("wall time", f"{m['wall_time_s']:.1f} s")]
     rows += [("run record", f"{record.output_dir}/record.json")]

@@ -7,10 +7,10 @@ from typing import Any
 
 import methods
 from evals.evaluate import Prompts
+from evals.judge import RewardModelJudge, proxy_reward_model
 from evals.scorers import GoldScorer, Scorer, make_scorer
 from harness.config import MethodConfig, RunConfig, build_config
 from harness.data import Formatter
-from harness.errors import BadInput
 from harness.models import fingerprint, load_causal_lm, load_tokenizer
 from harness.reference import Reference
 from harness.sources import TaskData, load_task
@@ -42,9 +42,7 @@ class RunContext:
         before anything is trained or written."""
         cfg = config if isinstance(config, RunConfig) else build_config(config, source)
         method = methods.get(cfg.method.name, **cfg.method.params())
-        if method.kind != "offline":
-            raise BadInput(f"method {method.name!r} is {method.kind}; `harness train` runs offline methods")
-        cfg = cfg.model_copy(update={"method": MethodConfig(name=method.name, **method.recorded_params())})
+        cfg = cfg.model_copy(update={"method": MethodConfig(name=method.name, **method.recorded_params())}).for_kind(method.kind)
         task = load_task(cfg)
         scorers = make_scorers(cfg, task) if cfg.eval.num_prompts else {}
         tokenizer = load_tokenizer(task.sft_path, cfg.model)
@@ -56,6 +54,23 @@ class RunContext:
 
     def load_sft(self, device=None):
         return load_causal_lm(self.task.sft_path, self.cfg.model, device)
+
+    def training_prompts(self) -> list[tuple]:
+        """The distinct prompts of the training rows with their token ids: what an online method samples from."""
+        seen: dict[str, Any] = {}
+        for row in self.task.rows:
+            seen.setdefault(repr(row["prompt"]), row["prompt"])
+        return [(prompt, self.formatter.prompt_ids(prompt)) for prompt in seen.values()]
+
+    def reward_model(self) -> RewardModelJudge:
+        """What an online method optimises: `online.reward`, or the proxy trained on this run's own
+        training pairs (cached)."""
+        online, model = self.cfg.online, self.cfg.model
+        path = online.reward
+        if path == "proxy":
+            path, _ = proxy_reward_model(self.task.sft_path, self.sft_fingerprint, self.task.rows, self.cfg.cache_dir,
+                                         online.proxy_steps)
+        return RewardModelJudge(path, device=model.device, trust_remote_code=model.trust_remote_code)
 
     def reference_beside(self, policy) -> Reference:
         """The SFT model to compare a trained `policy` with (its LoRA base, or a separate copy)."""

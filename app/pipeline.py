@@ -14,13 +14,16 @@ from typing import Any
 
 import torch
 
-from evals.evaluate import evaluate, judge_agreement, preference_accuracy, preference_ceiling, sft_side
+from evals.evaluate import (decode_completions, evaluate, judge_agreement, preference_accuracy, preference_ceiling,
+                            sft_side)
+from evals.judge import proxy_reward_model
 from harness.cache import cached_dir, key_of
 from harness.config import RunConfig, apply_overrides
 from harness.data import prepare_examples
 from harness.errors import BadInput
 from harness.logps import CHOSEN, PAIRS, REJECTED
 from harness.models import add_lora, load_causal_lm, pick_device
+from harness.online import train_online
 from harness.record import RunRecord, hardware, versions
 from harness.reference import Reference
 from harness.tracking import Tracker
@@ -75,10 +78,17 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
     output_dir = Path(cfg.output_dir).expanduser().absolute()
     accelerator = _make_accelerator(cfg)
     set_seed(cfg.train.seed)
-    prepared = prepare_examples(task.rows, ctx.formatter, method.consumes, cfg.data.seed)
-    roles = [seq[2] for example in prepared.examples for seq in example]
-    for warning in method.check_setup(cfg.train.batch_size, roles.count(CHOSEN), roles.count(REJECTED)):
-        warnings.warn(warning, stacklevel=2)
+    online = method.kind == "online"
+    if online:  # the data is the training prompts (sampled from), and the reward model is trained first
+        prompts, reward_model = ctx.training_prompts(), ctx.reward_model()
+        data = {"fingerprint": key_of([ids for _, ids in prompts]), "train_prompts": len(prompts),
+                "reward_model": reward_model.path, "reward_model_fingerprint": reward_model.fingerprint}
+    else:
+        prepared = prepare_examples(task.rows, ctx.formatter, method.consumes, cfg.data.seed)
+        roles = [seq[2] for example in prepared.examples for seq in example]
+        for warning in method.check_setup(cfg.train.batch_size, roles.count(CHOSEN), roles.count(REJECTED)):
+            warnings.warn(warning, stacklevel=2)
+        data = {"fingerprint": prepared.fingerprint, **prepared.stats}
     model = add_lora(load_causal_lm(task.sft_path, cfg.model, accelerator.device), cfg.model)
 
     record = RunRecord(
@@ -87,8 +97,8 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
         method_facts={"reference_free": method.reference_free, "paired": method.paired, "kind": method.kind,
                       "consumes": sorted(method.consumes)},
         config=cfg.resolved(), config_hash=cfg.config_hash(), output_dir=str(output_dir),
-        dataset={"source": cfg.data.source, "fingerprint": prepared.fingerprint, "sft_model": task.sft_path,
-                 "sft_fingerprint": ctx.sft_fingerprint, **task.stats, **prepared.stats,
+        dataset={"source": cfg.data.source, "sft_model": task.sft_path, "sft_fingerprint": ctx.sft_fingerprint,
+                 **task.stats, **data,
                  "eval_prompts": len(task.eval_prompts), "eval_prompts_fingerprint": key_of(task.eval_prompts),
                  "val_prompts": len(task.val_prompts), "val_prompts_fingerprint": key_of(task.val_prompts)},
         versions=versions(), hardware=hardware())
@@ -98,10 +108,19 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
     tracker = Tracker(output_dir, cfg.wandb, name=record.trial_id, group=spec or cfg.name, job_type=method.name,
                       config=cfg.resolved(), enabled=accelerator.is_main_process)
     try:
-        reference, reference_hit = (None, None) if method.reference_free else cached_reference(
-            Reference.untrained(model, ctx.sft_fingerprint), prepared, tokenizer.pad_token_id, cfg.cache_dir)
-        state = train_policy(accelerator, model, method, prepared.examples, reference, tokenizer.pad_token_id,
-                             cfg.train, output_dir, tracker.log)
+        reference_hit, reference_tokens = None, 0
+        if online:
+            score = lambda texts, completions: reward_model.score(texts, decode_completions(tokenizer, completions))  # noqa: E731
+            state = train_online(accelerator, model, method, prompts, score, ctx.reference_beside(model), tokenizer,
+                                 cfg.train, cfg.online, output_dir, tracker.log)
+        else:
+            reference = None
+            if not method.reference_free:
+                reference, reference_hit = cached_reference(Reference.untrained(model, ctx.sft_fingerprint), prepared,
+                                                            tokenizer.pad_token_id, cfg.cache_dir)
+                reference_tokens = prepared.num_tokens  # its cost, whether this run or an earlier one paid it
+            state = train_policy(accelerator, model, method, prepared.examples, reference, tokenizer.pad_token_id,
+                                 cfg.train, output_dir, tracker.log)
         policy = accelerator.unwrap_model(model)
         if cfg.train.save_model and accelerator.is_main_process:
             policy.save_pretrained(output_dir / "model")
@@ -110,9 +129,16 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
         metrics: dict[str, Any] = {
             "first_train_loss": state.first_loss, "final_train_loss": state.history[-1]["loss"],
             "train_steps": state.step, "train_time_s": state.seconds,
-            # The data budget in preference pairs: an unpaired row (KTO) is half a pair.
-            "pairs_seen": state.examples * (1.0 if method.paired else 0.5),
+            # The data budget in preference pairs: an unpaired row (KTO) is half a pair; an online method
+            # sees sampled completions instead (its reward model saw the training pairs).
+            "pairs_seen": None if online else state.examples * (1.0 if method.paired else 0.5),
+            "samples_trained": state.examples if online else None,  # sampled sequences x epochs
             "tokens_per_s": state.tokens / state.seconds if state.seconds else None,
+            # Compute, comparable across methods: tokens forwarded and back-propagated, tokens forwarded
+            # without gradients (reference log-probs; for online methods also the old policy and the
+            # reward model), tokens sampled. Per process.
+            "tokens_trained": state.tokens, "tokens_forwarded": state.tokens_forwarded + reference_tokens,
+            "tokens_generated": state.tokens_generated,
             "reference_cache_hit": reference_hit,
             # Processes of the launch, and examples per optimizer step over all of them.
             "world_size": world,
@@ -143,7 +169,11 @@ def prepare(config: RunConfig | dict) -> dict[str, Any]:
     cfg, task = ctx.cfg, ctx.task
     done: dict[str, Any] = {"task_cache_hit": task.stats.get("task_cache_hit")}
     sft = Reference(ctx.load_sft(), ctx.sft_fingerprint)
-    if not ctx.method.reference_free:
+    if ctx.method.kind == "online":
+        if cfg.online.reward == "proxy":
+            done["proxy_reward_model_cache_hit"] = proxy_reward_model(task.sft_path, ctx.sft_fingerprint, task.rows,
+                                                                      cfg.cache_dir, cfg.online.proxy_steps)[1]
+    elif not ctx.method.reference_free:
         prepared = prepare_examples(task.rows, ctx.formatter, ctx.method.consumes, cfg.data.seed)
         done["reference_cache_hit"] = cached_reference(sft, prepared, ctx.tokenizer.pad_token_id, cfg.cache_dir)[1]
     for split, prompts in (("eval", task.eval_prompts), ("val", task.val_prompts)):
@@ -157,6 +187,8 @@ def evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict]
     """Win rate vs SFT (judge and gold), KL, length, diversity, held-out preference accuracy with its SFT
     baseline and gold ceiling, judge agreement. Returns (metrics, per-prompt outcomes by split)."""
     cfg, task, scorers = ctx.cfg, ctx.task, ctx.scorers
+    if ctx.method.kind == "online":  # also by the reward model it optimised: how far the judge's verdict is from it
+        scorers = {**scorers, "proxy": ctx.reward_model()}
     sft = ctx.reference_beside(policy)
     metrics = evaluate(policy, sft, ctx.tokenizer, ctx.prompts(task.eval_prompts), cfg.eval, scorers, cfg.cache_dir,
                        output_dir / "eval")

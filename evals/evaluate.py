@@ -44,7 +44,7 @@ def _generate(sampler: Callable, prompt_ids, cfg: EvalConfig, desc: str) -> list
     return out
 
 
-def _decode(tokenizer, completions: list[list[int]]) -> list[str]:
+def decode_completions(tokenizer, completions: list[list[int]]) -> list[str]:
     return [text.strip() for text in tokenizer.batch_decode(completions, skip_special_tokens=True)]
 
 
@@ -66,7 +66,7 @@ def sft_side(sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfig, score
 
     def build(out: Path) -> None:
         completions = _generate(partial(sft.sample, tokenizer), prompts.ids, cfg, "SFT samples")
-        texts = _decode(tokenizer, completions)
+        texts = decode_completions(tokenizer, completions)
         repeated = list(prompts.texts) * cfg.samples_per_prompt
         scores = {name: _checked_scores(s, repeated, texts).tolist() for name, s in scorers.items()}
         (out / "sft_side.json").write_text(json.dumps({"completions": completions, "texts": texts, "scores": scores}))
@@ -107,14 +107,15 @@ def response_metrics(texts: list[str], completions: list[list[int]], eos: int | 
 def evaluate(policy, sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfig, scorers: dict[str, Scorer],
              cache_dir: str, output_dir: Path | None = None) -> dict[str, Any]:
     """Win rate of `policy` over the SFT model by scorers["judge"] (and by scorers["gold"] where known,
-    with the judge's validity on this run's outputs), KL to SFT from plain samples, length, diversity and
+    with the judge's validity on this run's outputs; any other scorer, e.g. the "proxy" reward model an
+    online method optimised, gives <name>_win_rate and <name>_reward), KL to SFT from plain samples, length, diversity and
     repetition. `per_prompt` holds each scorer's outcome per prompt (what seed aggregation and
     significance tests need)."""
     judge, gold = scorers["judge"], scorers.get("gold")
     sft_generations, sft_hit = sft_side(sft, tokenizer, prompts, cfg, scorers, cache_dir)
     policy_sampler = partial(sample, policy, tokenizer)
     completions = _generate(policy_sampler, prompts.ids, cfg, "policy samples")
-    texts = _decode(tokenizer, completions)
+    texts = decode_completions(tokenizer, completions)
     repeated = list(prompts.texts) * cfg.samples_per_prompt
     n, k = len(prompts.texts), cfg.samples_per_prompt
 
@@ -129,7 +130,7 @@ def evaluate(policy, sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfi
         sft_scores = per_prompt(sft_generations["scores"][name])
         result = win_rate(per_prompt(policy_scores), sft_scores, tie_eps=cfg.tie_eps, n_boot=cfg.n_boot, seed=cfg.seed)
         outcomes[name], diffs[name] = prompt_outcomes(per_prompt(policy_scores), sft_scores, cfg.tie_eps)
-        prefix = "" if name == "judge" else "gold_"
+        prefix = "" if name == "judge" else f"{name}_"
         metrics.update({f"{prefix}win_rate": result.rate, f"{prefix}win_rate_low": result.low,
                         f"{prefix}win_rate_high": result.high, f"{prefix}wins": result.wins,
                         f"{prefix}ties": result.ties, f"{prefix}losses": result.losses,

@@ -144,6 +144,28 @@ def train_bt_judge(base_path: str, pairs: list[dict], out: Path, *, steps: int =
     tokenizer.save_pretrained(out)
 
 
+def proxy_reward_model(sft_path: str, sft_fingerprint: str, pairs: list[dict], cache_dir: str, steps: int) -> tuple[str, bool]:
+    """The reward model an online method optimises: Bradley-Terry on the run's own training pairs (the pairs
+    the offline methods learn from), never on the judge's split or on eval prompts, so online and offline
+    methods learn from the same preference data and are judged by a model neither optimised. Cached by
+    content; returns (its folder, whether the cache had it)."""
+    bad = next((i for i, r in enumerate(pairs) if not all(isinstance(r[k], str) for k in ("prompt", "chosen", "rejected"))), None)
+    if bad is not None:
+        raise BadInput(f"online.reward=proxy trains on plain-text pairs; training row {bad} holds chat messages "
+                       "(pass a reward model's hub id or path as online.reward)")
+    key = key_of("proxy-reward-model", sft_fingerprint, pairs, steps, JUDGE_BATCH, JUDGE_LR, torch.__version__)
+
+    def build(out: Path) -> None:
+        from harness.embedded.build import build_threads
+
+        with build_threads():
+            train_bt_judge(sft_path, pairs, out, steps=steps)
+        (out / "judge_info.json").write_text(json.dumps({"train_pairs": len(pairs), "steps": steps, "role": "proxy"}))
+
+    folder, hit = cached_dir(cache_dir, "proxy-reward-model", key, build)
+    return str(folder), hit
+
+
 def embedded_judge(assets, cache_dir: str) -> tuple[str, bool]:
     """The embedded task's judge: trained on its judge split (prompts disjoint from training, validation and
     test), with its agreement with the gold reward on held-out pairs (test prompts) stored beside it."""

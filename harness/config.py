@@ -84,7 +84,8 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 0
-    save_steps: int = Field(50, ge=0, description="checkpoint every N steps (0 = only at the end)")
+    save_steps: int = Field(50, ge=0, description="checkpoint every N steps (0 = only at the end); online methods "
+                            "round N up to a whole number of rollout batches")
     resume: bool = Field(True, description="resume from the last checkpoint in output_dir when there is one")
     log_steps: int = Field(10, gt=0)
     save_model: bool = True
@@ -104,6 +105,18 @@ class EvalConfig(_Strict):
     tie_eps: float = Field(0.0, ge=0)
     n_boot: int = Field(1000, gt=0)
     seed: int = 0
+
+
+class OnlineConfig(_Strict):
+    """Rollouts of online methods (PPO, RLOO); offline methods ignore this section."""
+
+    prompts_per_rollout: int = Field(32, gt=0, description="training prompts sampled per rollout batch (and process)")
+    epochs: int = Field(2, gt=0, description="passes over each rollout batch (PPO's K); train.batch_size "
+                        "sequences per optimizer step")
+    max_new_tokens: int = Field(24, gt=0, description="longest sampled completion")
+    reward: str = Field("proxy", description="'proxy' (a Bradley-Terry reward model trained on the run's own "
+                        "training pairs) or a reward model's hub id/path")
+    proxy_steps: int = Field(600, gt=0, description="optimizer steps of the proxy reward model")
 
 
 class WandbConfig(_Strict):
@@ -128,10 +141,16 @@ class RunConfig(_Strict):
     method: MethodConfig = MethodConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    online: OnlineConfig | None = OnlineConfig()  # None for offline methods (see for_kind)
     wandb: WandbConfig = WandbConfig()
 
     def resolved(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def for_kind(self, kind: str) -> "RunConfig":
+        """The config as a method of this kind reads it: an offline method has no rollouts, so its record
+        and hash carry no `online` section (and equal offline runs hash as they did before it existed)."""
+        return self.model_copy(update={"online": None}) if kind == "offline" else self
 
     def config_hash(self) -> str:
         """Hash of what determines the result: paths where things are written are left out."""
@@ -139,6 +158,8 @@ class RunConfig(_Strict):
         for key in ("output_dir", "cache_dir", "name"):
             tree.pop(key)
         tree.pop("wandb")
+        if tree["online"] is None:
+            tree.pop("online")
         return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -19,7 +19,8 @@ PAIRS = "pairs"  # a chosen and a rejected completion of one prompt
 ROWS = "rows"  # unpaired rows, each a desirable or an undesirable completion (paired data is split)
 MISMATCHED_ROWS = "mismatched_rows"  # each row's prompt with another row's completion: a KL reference point
 ROLLOUTS = "rollouts"  # the policy's own samples of training prompts, scored, with per-token log-probs (online)
-INPUTS = (PAIRS, ROWS, MISMATCHED_ROWS, ROLLOUTS)
+VALUES = "values"  # per-token value estimates from a value head the backend adds to the policy (online)
+INPUTS = (PAIRS, ROWS, MISMATCHED_ROWS, ROLLOUTS, VALUES)
 
 
 @dataclass
@@ -42,6 +43,20 @@ class SequenceLogps:
 
 
 @dataclass
+class TokenLogps:
+    """The policy's per-token view of a batch of its own rollouts (online methods), shape (n, T) with
+    T = sequence length - 1: position t holds log p(token t+1 | tokens <= t). `mask` marks completion
+    tokens; values are 0 elsewhere."""
+
+    logps: torch.Tensor
+    mask: torch.Tensor  # float, 1 on completion tokens
+    values: torch.Tensor | None = None  # value head output per position (methods that consume VALUES)
+
+    def summed(self) -> torch.Tensor:
+        return (self.logps * self.mask).sum(-1)
+
+
+@dataclass
 class LossOutput:
     """What a loss returns: the scalar to minimise, and metrics as detached tensors (or floats) that the
     training loop averages over micro-batches and processes when it logs."""
@@ -52,7 +67,12 @@ class LossOutput:
 
 def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """log p(token_t | tokens_<t) for t >= 1, shape (batch, length - 1), in float32 or wider."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    return logps_of_tokens(model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits, input_ids)
+
+
+def logps_of_tokens(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """`token_logps` from a forward's logits (batch, length, vocab)."""
+    logits = logits[:, :-1]
     logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     targets = input_ids[:, 1:].unsqueeze(-1)
     # gather - logsumexp instead of log_softmax: never materialises a second (batch, length, vocab) tensor.

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import contextlib
 
+import torch
+
 from .generation import sample
+from .logps import token_logps
 from .trainer import sequence_logps_of
 
 
@@ -38,6 +41,12 @@ class Reference:
     def sequence_logps(self, examples, pad_token_id: int, batch_size: int = 64, desc: str = "SFT log-probs"):
         with self.weights():
             return sequence_logps_of(self.model, examples, pad_token_id, batch_size, desc)
+
+    @torch.no_grad()
+    def token_logps(self, input_ids, attention_mask):
+        """Per-token log-probs (n, T) of sequences the policy sampled (online methods)."""
+        with self.weights():
+            return token_logps(self.model, input_ids, attention_mask)
 
     def sample(self, tokenizer, prompt_ids: list[list[int]], **decoding) -> list[list[int]]:
         with self.weights():

@@ -76,11 +76,15 @@ class TrainState:
     step: int = 0
     epoch: int = 0
     batch_in_epoch: int = 0
-    tokens: int = 0
-    examples: int = 0  # training examples consumed, over all processes (a pair, or one unpaired row)
+    tokens: int = 0  # tokens forwarded and back-propagated (this process)
+    examples: int = 0  # training examples consumed, over all processes (a pair, an unpaired row, a rollout)
+    # Work done producing batches, for loaders that do some (an online method's rollouts; this process).
+    tokens_generated: int = 0
+    tokens_forwarded: int = 0  # forwards without gradients: old policy, reference, reward model
     seconds: float = 0.0
     first_loss: float | None = None
     history: list[dict] = field(default_factory=list)
+    extra: dict | None = None  # `extra_state.state_dict()` (e.g. an adaptive KL controller), saved with checkpoints
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
@@ -88,7 +92,9 @@ def _latest_checkpoint(folder: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _save_checkpoint(accelerator, folder: Path, state: TrainState) -> None:
+def _save_checkpoint(accelerator, folder: Path, state: TrainState, extra_state=None) -> None:
+    if extra_state is not None:
+        state.extra = extra_state.state_dict()
     target = folder / f"step-{state.step}"
     accelerator.save_state(str(target), safe_serialization=True)
     if accelerator.is_main_process:
@@ -139,11 +145,16 @@ def _window_means(accelerator, window: list[dict]) -> dict[str, float]:
 
 def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_steps: int, max_grad_norm: float,
                log_steps: int, accelerator=None, checkpoints: Path | None = None, save_steps: int = 0,
-               resume: bool = False, log: Callable | None = None, desc: str = "train") -> TrainState:
-    """The one training loop (policy, embedded SFT, judge): `step_loss(model, batch) -> LossOutput` per
-    micro-batch, backward, clip, optimizer and scheduler step; logs window means; checkpoints and resumes.
-    Trains `model` in place for max_steps optimizer steps and returns the final state. Without an
-    accelerator it runs in this process alone (OneProcess)."""
+               resume: bool = False, log: Callable | None = None, desc: str = "train", extra_state=None) -> TrainState:
+    """The one training loop (offline and online policies, embedded SFT, judge): `step_loss(model, batch) ->
+    LossOutput` per micro-batch, backward, clip, optimizer and scheduler step; logs window means;
+    checkpoints and resumes. Trains `model` in place for max_steps optimizer steps and returns the final
+    state. Without an accelerator it runs in this process alone (OneProcess).
+
+    `loader` is a DataLoader, or any iterable of batches; one that resumes itself (a stream of rollouts
+    replays from its seed) has its own `skip_first_batches(n)`. A batch may carry counts of the work
+    done producing it ("tokens_generated", "tokens_forwarded"). `extra_state` (state_dict/load_state_dict)
+    is saved with each checkpoint and restored on resume."""
     accelerator = accelerator or OneProcess()
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     state = TrainState()
@@ -151,6 +162,9 @@ def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_
     if latest is not None:
         accelerator.load_state(str(latest))
         state = TrainState(**json.loads((latest / "trainer_state.json").read_text()))
+        if extra_state is not None and state.extra is not None:
+            extra_state.load_state_dict(state.extra)
+    skip = getattr(loader, "skip_first_batches", None) or partial(accelerator.skip_first_batches, loader)
 
     model.train()
     progress = tqdm(total=max_steps, initial=state.step, desc=desc, leave=False, disable=not accelerator.is_main_process)
@@ -160,7 +174,7 @@ def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_
     while state.step < max_steps:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(state.epoch)
-        batches = accelerator.skip_first_batches(loader, state.batch_in_epoch) if state.batch_in_epoch else loader
+        batches = skip(state.batch_in_epoch) if state.batch_in_epoch else loader
         for batch in batches:
             state.batch_in_epoch += 1
             with accelerator.accumulate(model):
@@ -173,6 +187,8 @@ def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_
                 optimizer.zero_grad()
             tokens = tokens.to(batch["attention_mask"].device) + batch["attention_mask"].sum()
             state.examples += batch["num_examples"] * accelerator.num_processes
+            state.tokens_generated += batch.get("tokens_generated", 0)
+            state.tokens_forwarded += batch.get("tokens_forwarded", 0)
             window.append({"loss": out.loss.detach(), **out.metrics})
             if not accelerator.sync_gradients:
                 continue
@@ -192,7 +208,7 @@ def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_
             if checkpoints is not None and save_steps and state.step % save_steps == 0 and state.step < max_steps:
                 state.tokens, tokens = state.tokens + int(tokens), torch.zeros_like(tokens)
                 state.seconds = time.perf_counter() - started
-                _save_checkpoint(accelerator, checkpoints, state)
+                _save_checkpoint(accelerator, checkpoints, state, extra_state)
             if state.step >= max_steps:
                 break
         else:

@@ -8,11 +8,13 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.logps import INPUTS, PAIRS, ROLLOUTS, LossOutput, SequenceLogps
+from harness.logps import INPUTS, PAIRS, ROLLOUTS, LossOutput, SequenceLogps, TokenLogps
 from harness.errors import BadInput, validation_message
 
-# Every method reports these, so one dashboard fits all methods.
+# Every offline method reports these, so one dashboard fits all of them; online methods report
+# ONLINE_METRICS (the rollout's reward-model score, its KL to the reference, its completion length).
 SHARED_METRICS = ("rewards/chosen", "rewards/rejected", "margins", "accuracy")
+ONLINE_METRICS = ("rollout/score", "rollout/kl", "rollout/length")
 
 
 def hyper(default: float, sweep: list[float], description: str, **bounds: float) -> Any:
@@ -79,8 +81,30 @@ class Method:
         Default: the summed log-ratio to the reference (DPO, KTO)."""
         return logps - reference
 
-    def loss(self, policy: SequenceLogps, reference: SequenceLogps | None) -> LossOutput:
+    def loss(self, policy: SequenceLogps | TokenLogps, reference_or_rollout) -> LossOutput:
+        """Offline: `loss(policy: SequenceLogps, reference: SequenceLogps | None)`.
+        Online: `loss(policy: TokenLogps, rollout: Rollout)`, the rollout a minibatch carrying what
+        `advantages` added."""
         raise NotImplementedError
+
+    # ---- online methods only (kind "online"): what the online loop asks of them
+
+    @property
+    def samples_per_prompt(self) -> int:
+        """Completions sampled per training prompt in a rollout batch."""
+        return 1
+
+    def advantages(self, rollout) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Once per rollout batch, without gradients: (per-sequence tensors the loss reads, e.g. advantages
+        and returns; metrics to log)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What changes while training (an adaptive KL coefficient), saved with checkpoints."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
 
 def mean_over_processes(values: torch.Tensor) -> torch.Tensor:

@@ -102,10 +102,9 @@ def expand(spec: SweepSpec, spec_path: Path | str = "spec", overrides: list[str]
         tree.setdefault("name", spec.name)
         cfg = build_config(tree, f"{where} (trial {point})")
         method = methods.get(cfg.method.name, **cfg.method.params())
+        cfg = cfg.for_kind(method.kind)
         name = "-".join(filter(None, [cfg.method.name, _slug(point), cfg.config_hash()[:6]]))
         cfg = cfg.model_copy(update={"output_dir": str(root / "runs" / name)})
-        if method.kind != "offline":
-            raise BadInput(f"{where}: method {method.name!r} is {method.kind}; sweeps run offline methods")
         trials.append({"name": name, "config": cfg.resolved(), "point": point})
     names = [t["name"] for t in trials]
     if len(set(names)) != len(names):

@@ -139,6 +139,9 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
             # reward model), tokens sampled. Per process.
             "tokens_trained": state.tokens, "tokens_forwarded": state.tokens_forwarded + reference_tokens,
             "tokens_generated": state.tokens_generated,
+            # One number to rank cost by, in forward-token equivalents: a backward costs about two forwards,
+            # and a sampled token with the KV cache about one.
+            "compute_tokens": 3 * state.tokens + state.tokens_forwarded + reference_tokens + state.tokens_generated,
             "reference_cache_hit": reference_hit,
             # Processes of the launch, and examples per optimizer step over all of them.
             "world_size": world,

@@ -24,7 +24,7 @@ from .aggregate import configuration_key, paired_difference, seed_prompt_interva
 MEANS = ("gold_reward", "gold_reward_sft", "kl_to_sft", "kl_per_token", "judge_agreement_run", "judge_agreement_heldout",
          "heldout_pref_accuracy", "heldout_pref_accuracy_sft", "heldout_pref_gain", "heldout_pref_ceiling", "mean_length", "mean_length_sft",
          "distinct_2", "distinct_2_per_response", "distinct_2_per_response_sft", "repeat_rate", "repeat_rate_sft",
-         "pairs_seen", "final_train_loss", "val_win_rate", "val_kl_to_sft")
+         "pairs_seen", "final_train_loss", "val_win_rate", "val_kl_to_sft", "compute_tokens")
 IGNORED_PARAMS = ("gamma_beta_ratio",)  # derived from other parameters, shown once
 
 
@@ -219,7 +219,10 @@ def display_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
                  "length (SFT)": f"{get('mean_length', '{:.1f}')} ({get('mean_length_sft', '{:.1f}')})",
                  "distinct-2 per resp. / pooled": f"{get('distinct_2_per_response')} / {get('distinct_2')}",
                  "repeat rate (SFT)":
-                     f"{get('repeat_rate')} ({get('repeat_rate_sft')})", "pairs seen": get("pairs_seen", "{:.0f}")}
+                     f"{get('repeat_rate')} ({get('repeat_rate_sft')})", "pairs seen": get("pairs_seen", "{:.0f}"),
+                 "compute (M tok-eq)": f"{row['compute_tokens'] / 1e6:.2f}" if pd.notna(row.get("compute_tokens")) else "",
+                 "win gain per M tok-eq": (f"{(row['win_rate'] - 0.5) / (row['compute_tokens'] / 1e6):+.3f}"
+                                           if pd.notna(row.get("compute_tokens")) and "win_rate" in row else "")}
         if selected:
             cells = {**{k: cells[k] for k in ("method", "params", "lr", "seeds")},
                      "val win rate": get("val_win_rate"), "val KL": get("val_kl_to_sft"),
@@ -264,7 +267,11 @@ def _legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection)
              "(the ceiling).",
              "- distinct-2 per response: unique word bigrams within a response, averaged (pooled over all responses it "
              "tracks length); repeat rate: share of responses repeating a word trigram; pairs seen: the data budget "
-             "(an unpaired row is half a pair).",
+             "(an unpaired row is half a pair; online methods sample instead, their reward model saw the pairs).",
+             "- compute: millions of forward-token equivalents per run (3 x tokens trained, as a backward costs about "
+             "two forwards, + tokens forwarded without gradients: reference, old policy, reward model + tokens "
+             "sampled); win gain per M tok-eq: (judge win rate - 0.5) / compute. Records from before cost accounting "
+             "leave both empty.",
              "- grid edge names a swept setting (a config key that differs between the method's runs, seeds aside) "
              "whose value in this row is the smallest or largest tried: an optimum there is not bracketed."]
     if selection is not None:

@@ -92,7 +92,8 @@ def run_sweep(spec: SweepSpec, spec_path: Path | str, *, resume: bool = False, a
     prepared: dict[str, Any] = {}
     for trial in trials:
         c = trial["config"]
-        key = json.dumps([c["model"], c["data"], c["task"], c["eval"], c["cache_dir"], c["method"]["name"]], sort_keys=True)
+        key = json.dumps([c["model"], c["data"], c["task"], c["eval"], c["online"], c["cache_dir"], c["method"]["name"]],
+                         sort_keys=True)
         if key not in prepared:
             prepared[key] = {"trial": trial["name"], **pipeline.prepare(c)}
     (root / "prepare.json").write_text(json.dumps(list(prepared.values()), indent=1))

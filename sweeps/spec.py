@@ -11,7 +11,7 @@
     resources: {cpu: 1, gpu: 0}
     max_concurrent: 2
 
-`method.name: all` in the grid means every registered offline method.
+`method.name: all` in the grid means every registered method, offline and online.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def expand(spec: SweepSpec, spec_path: Path | str = "spec", overrides: list[str]
     where = str(spec_path)
     grid = dict(spec.grid)
     if grid.get("method.name") == "all":
-        grid["method.name"] = [n for n, c in methods.available().items() if c.kind == "offline"]
+        grid["method.name"] = list(methods.available())
     if spec.methods and "method.name" in grid:
         raise BadInput(f"{where}: give methods either under 'grid: method.name' or under 'methods', not both")
     points = _product(grid, where) if grid else [{}]

@@ -106,6 +106,7 @@ class RolloutStream:
         self.size = online.prompts_per_rollout * method.samples_per_prompt
         self.batches_per_rollout = online.epochs * math.ceil(self.size / train.batch_size)
         self.start = 0
+        self.pending_counts: dict[str, int] = {}  # work done for the next batch to yield, for the record
 
     def _seed(self, rollout: int, what: int) -> int:
         return ((self.train.seed * 1_000_003 + rollout) * 101 + self.process_index) * 7 + what
@@ -118,7 +119,6 @@ class RolloutStream:
         self.model.eval()  # dropout off for sampling and for every forward after it (see the module docstring)
         completions = sample(self.policy, self.tokenizer, prompt_ids, max_new_tokens=self.online.max_new_tokens,
                              seed=self._seed(index, 1), desc="rollouts")
-        self.model.eval()  # `sample` restores the mode it found; keep eval either way
         batch = collate([[(p, c, CHOSEN)] for p, c in zip(prompt_ids, completions)], None, self.tokenizer.pad_token_id)
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         mask = batch["completion_mask"][:, 1:].to(device=device, dtype=torch.float32)
@@ -133,7 +133,8 @@ class RolloutStream:
         generated = int(mask.sum())
         rollout.metrics = {**rollout.metrics, "rollout/score": scores.mean(), "rollout/kl": rollout.kl().mean(),
                            "rollout/length": mask.sum(-1).mean()}
-        # Work done for this batch without gradients: sampling, and the policy, reference and reward forwards.
+        # Work done for this batch: tokens sampled, and tokens forwarded without gradients by the policy, the
+        # reference and the reward model (counted in the policy's tokens; the reward model's tokenizer may differ).
         self.pending_counts = {"tokens_generated": generated, "tokens_forwarded": 3 * int(attention_mask.sum())}
         return rollout
 

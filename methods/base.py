@@ -28,7 +28,7 @@ class Params(BaseModel):
 
 class Method:
     name: ClassVar[str]
-    # What the backend must provide (harness.logps: PAIRS, ROWS, MISMATCHED_ROWS, ROLLOUTS), and nothing more.
+    # What the backend must provide (harness.logps: PAIRS, ROWS, MISMATCHED_ROWS, ROLLOUTS, VALUES), nothing more.
     consumes: ClassVar[frozenset[str]] = frozenset({PAIRS})
     reference_free: ClassVar[bool] = False  # True: the backend skips the reference pass entirely
     # Read by the backend, derived from `consumes` (never set by hand): pairs or unpaired rows; offline

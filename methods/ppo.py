@@ -29,7 +29,7 @@ completions without EOS, and the value head starts at zero rather than from the 
 import torch
 
 from harness.logps import ROLLOUTS, VALUES
-from methods import LossOutput, Method, Params, hyper, register
+from methods import LossOutput, Method, Params, hyper, mean_over_processes, register
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
@@ -116,8 +116,11 @@ class PPO(Method):
         if p.whiten_advantages:
             advantages = whiten(advantages, rollout.mask)
         metrics = {"beta": torch.tensor(self.beta), "rollout/reward": (rewards * rollout.mask).sum(-1).mean()}
-        if p.target_kl is not None:
-            self.beta = adaptive_kl(self.beta, float(kl.sum(-1).mean()), p.target_kl, len(rollout), p.horizon)
+        if p.target_kl is not None:  # one beta for every process of a launch: the KL and n are global
+            from accelerate import PartialState
+
+            n = len(rollout) * PartialState().num_processes
+            self.beta = adaptive_kl(self.beta, float(mean_over_processes(kl.sum(-1))), p.target_kl, n, p.horizon)
         return {"advantages": advantages, "returns": returns}, metrics
 
     def loss(self, policy, rollout):

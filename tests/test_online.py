@@ -13,7 +13,7 @@ import methods
 from harness.config import load_config
 from harness.logps import ROLLOUTS, TokenLogps
 from harness.online import Rollout
-from methods import LossOutput, Method, register
+from methods import ONLINE_METRICS, LossOutput, Method, register
 from methods.ppo import adaptive_kl, clipped_policy_loss, clipped_value_loss, gae, last_token_rewards
 
 from .conftest import REPO, quick_overrides, run_cli
@@ -127,6 +127,7 @@ def test_an_online_method_registered_in_tests_trains(tmp_path, embedded):
     assert record.dataset["train_prompts"] > 8 and "proxy_reward" in m and "proxy_win_rate" in m
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert history[0]["rollout/kl"] == 0.0  # the first rollout comes from the SFT weights themselves
+    assert set(ONLINE_METRICS) <= set(history[0])  # the loop logs them for any online method
 
 
 def test_ppo_first_minibatch_has_ratio_one_and_zero_kl(tmp_path, embedded):

@@ -42,8 +42,9 @@ def _summary_rows(record) -> list[tuple[str, str]]:
                                                     f"{m['gold_win_rate_high']:.3f}]")]
             rows += [("gold reward: SFT -> policy", f"{m['gold_reward_sft']:.3f} -> {m['gold_reward']:.3f}")]
         if "proxy_reward" in m:
+            agreement = f", agreement with gold {m['proxy_agreement_heldout']:.3f}" if "proxy_agreement_heldout" in m else ""
             rows += [("reward model optimised: SFT -> policy", f"{m['proxy_reward_sft']:.3f} -> {m['proxy_reward']:.3f}, "
-                      f"win rate {m['proxy_win_rate']:.3f}")]
+                      f"win rate {m['proxy_win_rate']:.3f}{agreement}")]
         if "judge_agreement_heldout" in m:
             rows += [("judge agreement with gold (held-out pairs)", f"{m['judge_agreement_heldout']:.3f}")]
         if m.get("judge_agreement_run") is not None:

@@ -210,6 +210,8 @@ def evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict]
             metrics["heldout_pref_ceiling"] = preference_ceiling(gold, task.heldout_pairs)
             if scorers["judge"] is not gold:
                 metrics["judge_agreement_heldout"] = judge_agreement(scorers["judge"], gold, task.heldout_pairs)
+            if "proxy" in scorers:  # how good a stand-in for gold the reward model the method optimised is
+                metrics["proxy_agreement_heldout"] = judge_agreement(scorers["proxy"], gold, task.heldout_pairs)
     return metrics, outcomes
 
 

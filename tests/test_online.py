@@ -125,6 +125,7 @@ def test_an_online_method_registered_in_tests_trains(tmp_path, embedded):
     assert m["train_steps"] == 4 and m["samples_trained"] == 4 * 8
     assert m["tokens_generated"] > 0 and m["tokens_forwarded"] > m["tokens_trained"] > 0
     assert record.dataset["train_prompts"] > 8 and "proxy_reward" in m and "proxy_win_rate" in m
+    assert 0.5 < m["proxy_agreement_heldout"] <= 1  # the proxy, even trained briefly, ranks pairs better than chance
     history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert history[0]["rollout/kl"] == 0.0  # the first rollout comes from the SFT weights themselves
     assert set(ONLINE_METRICS) <= set(history[0])  # the loop logs them for any online method

@@ -18,14 +18,15 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
-from .aggregate import configuration_key, paired_difference, seed_prompt_interval
+from .aggregate import paired_difference, seed_prompt_interval
+from .collapse import THRESHOLDS_TEXT, collapse_summary
+from .store import load_records
 
 # Means over seeds of these per-run metrics (where the records have them).
 MEANS = ("gold_reward", "gold_reward_sft", "kl_to_sft", "kl_per_token", "judge_agreement_run", "judge_agreement_heldout",
          "heldout_pref_accuracy", "heldout_pref_accuracy_sft", "heldout_pref_gain", "heldout_pref_ceiling", "mean_length", "mean_length_sft",
          "distinct_2", "distinct_2_per_response", "distinct_2_per_response_sft", "repeat_rate", "repeat_rate_sft",
          "pairs_seen", "final_train_loss", "val_win_rate", "val_kl_to_sft", "compute_tokens")
-IGNORED_PARAMS = ("gamma_beta_ratio",)  # derived from other parameters, shown once
 
 
 class Selection(BaseModel):
@@ -38,28 +39,6 @@ class Selection(BaseModel):
     metric: str = "val_win_rate"
     mode: str = Field("max", pattern="^(max|min)$")
     kl_budget: float | None = Field(None, gt=0, description="max mean val_kl_to_sft (nats) of an eligible configuration")
-
-
-def _params(record: dict) -> str:
-    return " ".join(f"{k}={v}" for k, v in record["method_params"].items()
-                    if not isinstance(v, bool) and k not in IGNORED_PARAMS)
-
-
-def load_records(folder: str | Path) -> pd.DataFrame:
-    """One row per run record found under `folder` (any status), with its configuration key, its scalar
-    metrics, and its per-prompt outcomes (column `outcomes`)."""
-    rows = []
-    for path in sorted(Path(folder).rglob("record.json")):
-        record = json.loads(path.read_text())
-        dataset = record.get("dataset", {})
-        rows.append({"trial": record["trial_id"], "spec": record.get("spec"), "status": record["status"],
-                     "method": record["method"], "params": _params(record), "seed": record["seed"],
-                     "learning_rate": record["config"]["train"]["learning_rate"],
-                     "configuration": configuration_key(record["config"]), "config": record["config"],
-                     "eval_prompts_fingerprint": dataset.get("eval_prompts_fingerprint"),
-                     "outcomes": record.get("outcomes", {}), **{
-                         k: v for k, v in record["metrics"].items() if isinstance(v, (int, float, str))}})
-    return pd.DataFrame(rows)
 
 
 def _outcome_matrix(runs: pd.DataFrame, scorer: str, split: str = "test") -> np.ndarray | None:
@@ -96,6 +75,7 @@ def _configuration_row(runs: pd.DataFrame) -> dict:
             row[metric] = float(runs[metric].mean())
     if "kl_to_sft" in runs.columns:
         row["kl_to_sft_median"] = float(runs["kl_to_sft"].median())
+    row["collapsed"] = collapse_summary(runs)
     return row
 
 
@@ -214,6 +194,7 @@ def display_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
                  "KL mean / median (per token)": f"{get('kl_to_sft')} / {get('kl_to_sft_median')} ({get('kl_per_token')})",
                  "judge-gold gap [95% CI]": (_interval(row, "judge_gold_gap") + (" FLAG" if row.get("judge_gap_flag") else "")),
                  "judge agreement (run)": get("judge_agreement_run"),
+                 "collapsed": row.get("collapsed") or "-",
                  "pref. accuracy (SFT / ceiling)": f"{get('heldout_pref_accuracy')} ({get('heldout_pref_accuracy_sft')} / "
                                                    f"{get('heldout_pref_ceiling')})" if "heldout_pref_accuracy" in row else "",
                  "length (SFT)": f"{get('mean_length', '{:.1f}')} ({get('mean_length_sft', '{:.1f}')})",
@@ -272,6 +253,7 @@ def _legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection)
              "two forwards, + tokens forwarded without gradients: reference, old policy, reward model + tokens "
              "sampled); win gain per M tok-eq: (judge win rate - 0.5) / compute. Records from before cost accounting "
              "leave both empty.",
+             f"- collapsed: seeds whose test responses degenerate or reward-hack, relative to SFT: {THRESHOLDS_TEXT}.",
              "- grid edge names a swept setting (a config key that differs between the method's runs, seeds aside) "
              "whose value in this row is the smallest or largest tried: an optimum there is not bracketed."]
     if selection is not None:
@@ -287,10 +269,6 @@ def write_leaderboard(folder: str | Path, out: str | Path | None = None) -> list
     folder = Path(folder)
     out = Path(out or folder)
     records = load_records(folder)
-    if records.empty:
-        from harness.errors import BadInput
-
-        raise BadInput(f"{folder}: no run records (record.json) found")
     selection = stored_selection(folder)
     table = select_best(records, selection) if selection else leaderboard(records)
     out.mkdir(parents=True, exist_ok=True)

@@ -15,9 +15,11 @@ from pydantic import BaseModel, Field
 from .cache import write_json_atomic
 
 RECORD_NAME = "record.json"
+RECORD_SCHEMA_VERSION = 2  # evals/store.py says what each version holds
 
 
 class RunRecord(BaseModel):
+    schema_version: int = RECORD_SCHEMA_VERSION
     spec: str | None = None
     trial_id: str
     status: Literal["running", "completed", "failed"] = "running"

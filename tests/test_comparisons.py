@@ -35,9 +35,10 @@ def write_record(folder: Path, name: str, *, seed: int, judge: list[float], gold
     if val is not None:
         metrics.update(val_win_rate=float(np.mean(val)), val_kl_to_sft=val_kl)
         outcomes["val"] = {"judge": val}
-    record = {"trial_id": name, "spec": "t", "status": "completed", "method": method, "method_params": {"beta": beta},
-              "seed": seed, "config": config, "dataset": {"eval_prompts_fingerprint": "p"}, "metrics": metrics,
-              "outcomes": outcomes}
+    record = {"schema_version": 2, "trial_id": name, "spec": "t", "status": "completed", "method": method,
+              "method_params": {"beta": beta}, "seed": seed, "config": config, "config_hash": name,
+              "dataset": {"eval_prompts_fingerprint": "p"}, "metrics": metrics, "outcomes": outcomes,
+              "output_dir": str(folder / name)}
     (folder / name).mkdir(parents=True)
     (folder / name / "record.json").write_text(json.dumps(record))
 
@@ -284,3 +285,19 @@ def test_reference_records_carry_what_a_reviewer_checks():
         missing = [k for k in keys if k not in record["metrics"]]
         assert not missing, f"{path}: {missing}"
         assert record["metrics"]["kl_decoding"] == "plain" and record["outcomes"]["test"]["judge"]
+
+
+def test_collapse_flags_name_their_reason_against_the_sft_baseline():
+    from evals.collapse import collapse_reasons
+
+    sft = {"repeat_rate_sft": 0.2, "distinct_2_per_response_sft": 0.95, "mean_length_sft": 16.0, "gold_reward_sft": 0.2}
+    healthy = {**sft, "repeat_rate": 0.3, "distinct_2_per_response": 0.9, "mean_length": 10.0, "gold_reward": 1.5,
+               "win_rate": 0.75}
+    assert collapse_reasons(healthy) == []
+    assert collapse_reasons({**healthy, "repeat_rate": 0.5}) == ["repetition"]
+    assert collapse_reasons({**healthy, "distinct_2_per_response": 0.6}) == ["diversity"]
+    assert collapse_reasons({**healthy, "mean_length": 5.0}) == ["length"]  # under 0.4 x 16
+    assert collapse_reasons({**healthy, "mean_length": 41.0}) == ["length"]  # over 2.5 x 16
+    assert collapse_reasons({**healthy, "gold_reward": -1.0}) == ["reward hacking"]  # judge prefers, gold worse
+    assert collapse_reasons({**healthy, "gold_reward": -1.0, "win_rate": 0.3}) == []  # judge agrees it is worse
+    assert collapse_reasons({"win_rate": 0.9}) == []  # nothing to compare with: no flag

@@ -124,6 +124,27 @@ def _sweep(spec_name: str, args) -> int:
     root = run_sweep(spec, path, resume=getattr(args, "resume", False), address=getattr(args, "address", None),
                      overrides=args.overrides)
     _print_leaderboard(root, f"{spec.name}: {time.perf_counter() - started:.0f} s")
+    _print_report([root], spec.base.get("wandb"))
+    return 0
+
+
+def _print_report(folders, wandb_tree: dict | None = None) -> None:
+    from harness.config import WandbConfig
+
+    from .reporting import report
+
+    markdown, page = report(folders, WandbConfig(**(wandb_tree or {})))
+    print(f"report: {markdown} and {page}")
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    for folder in args.dirs:
+        if not Path(folder).is_dir():
+            raise BadInput(f"not a directory: {folder}")
+    _print_leaderboard(args.dirs[0], f"leaderboard of {args.dirs[0]}") if len(args.dirs) == 1 else None
+    _print_report(args.dirs)
     return 0
 
 
@@ -179,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="regenerate leaderboard files from the run records under DIR")
     board.add_argument("dir", nargs="?", default="outputs")
     board.set_defaults(func=cmd_leaderboard)
+    report = sub.add_parser("report", help="the comparison report (markdown + self-contained HTML + figures, and a "
+                            "W&B summary run) from the run records under DIR(s)")
+    report.add_argument("dirs", nargs="+", metavar="DIR")
+    report.set_defaults(func=cmd_report)
     train = sub.add_parser("train", help="one run: train, eval, record")
     train.add_argument("--config", help="YAML config file")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides, e.g. method.beta=0.1")

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .aggregate import paired_difference, seed_prompt_interval
 from .collapse import THRESHOLDS_TEXT, collapse_summary
-from .store import load_records
+from .store import display_path, load_records
 
 # Means over seeds of these per-run metrics (where the records have them).
 MEANS = ("gold_reward", "gold_reward_sft", "kl_to_sft", "kl_per_token", "judge_agreement_run", "judge_agreement_heldout",
@@ -228,9 +228,9 @@ def stored_selection(folder: Path) -> Selection | None:
     return Selection.model_validate(selection) if selection else None
 
 
-def _legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection) -> str:
+def legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection) -> str:
     judge = ", ".join(sorted({str(j) for j in table.get("judge", pd.Series(dtype=str)).dropna()}))
-    lines = [f"From {len(records)} run records under `{folder}` ({int((records['status'] == 'completed').sum())} completed); "
+    lines = [f"From {len(records)} run records under `{display_path(folder)}` ({int((records['status'] == 'completed').sum())} completed); "
              f"judge: {judge}; each row pools the seeds of one configuration (equal resolved config but train.seed).",
              "",
              "- Win rates are against the SFT model on the test prompts (ties count one half): the mean over seeds, "
@@ -275,6 +275,6 @@ def write_leaderboard(folder: str | Path, out: str | Path | None = None) -> list
     table.to_csv(out / "leaderboard.csv", index=False)
     title = "best configuration per method (picked on validation, reported on test)" if selection else "leaderboard"
     rows = display_rows(table, selection is not None)
-    (out / "leaderboard.md").write_text(f"# {title}\n\n{_legend(table, records, folder, selection)}\n\n"
+    (out / "leaderboard.md").write_text(f"# {title}\n\n{legend(table, records, folder, selection)}\n\n"
                                         f"{to_markdown(rows)}")
     return rows

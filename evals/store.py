@@ -58,6 +58,16 @@ def record_paths(folder: str | Path) -> list[Path]:
     return sorted(folder.rglob(RECORD_NAME))
 
 
+def display_path(folder: str | Path) -> str:
+    """A folder as a report names it: relative to the working directory when inside it, so a report
+    regenerated from the repository root reads the same wherever the clone lives."""
+    folder = Path(folder).absolute()
+    try:
+        return str(folder.relative_to(Path.cwd()))
+    except ValueError:
+        return str(folder)
+
+
 def params_label(record: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in record["method_params"].items()
                     if not isinstance(v, bool) and v is not None and k not in IGNORED_PARAMS)

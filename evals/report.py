@@ -1,0 +1,357 @@
+"""The method comparison report: a pure function of run records -> report.md (figures beside it under
+report_files/) and report.html (one self-contained file, figures embedded), written beside the leaderboard.
+
+    harness report DIR [DIR ...]
+
+One content list (headings, paragraphs, bullet lists, tables, figures with captions) rendered twice, so the
+markdown and the HTML say the same thing. Figures are matplotlib PNGs written without timestamps, so the
+same records give the same bytes on the same machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .aggregate import seed_prompt_interval
+from .collapse import THRESHOLDS_TEXT, collapse_reasons
+from .leaderboard import display_rows, leaderboard, legend, select_best, stored_selection, to_markdown
+from .store import display_path, load_records
+
+FIGURE_DIR = "report_files"
+CURVES = {"offline": ("loss", "margins", "accuracy"), "online": ("loss", "rollout/score", "rollout/kl")}
+
+
+@dataclass
+class Figure:
+    name: str
+    title: str
+    caption: str  # what the figure shows and what to conclude from it
+    png: bytes
+
+
+def _png(fig) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight", metadata={"Software": None})
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def _colors(methods: list[str]) -> dict[str, str]:
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#7f7f7f"]
+    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
+
+
+def _strength(method_params: dict) -> tuple[str, float] | None:
+    """The method's first declared hyperparameter (its KL-strength knob: beta, tau, lambda) and its value."""
+    for key, value in method_params.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return key, float(value)
+    return None
+
+
+# ---------------------------------------------------------------- figures
+
+def win_rate_figure(done: pd.DataFrame, colors: dict) -> Figure | None:
+    import matplotlib.pyplot as plt
+
+    methods = list(colors)
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        runs = done[done["method"] == method]
+        knob = _strength(runs.iloc[0]["method_params"])
+        if knob is None:
+            continue
+        name = knob[0]
+        for lr, by_lr in runs.groupby("learning_rate"):
+            points = []
+            for _, config in by_lr.groupby("configuration"):
+                x = _strength(config.iloc[0]["method_params"])[1]
+                matrix = np.asarray([o["test"]["judge"] for o in config["outcomes"]])
+                low, high = seed_prompt_interval(matrix)
+                points.append((x, matrix.mean(), low, high))
+                ax.scatter([x] * len(config), config["win_rate"], s=10, color=colors[method], alpha=0.35)
+            points.sort()
+            xs, mean, low, high = map(np.asarray, zip(*points))
+            label = f"lr {lr:g}" if runs["learning_rate"].nunique() > 1 else None
+            ax.errorbar(xs, mean, yerr=[mean - low, high - mean], marker="o", capsize=3, label=label,
+                        alpha=0.9 if label is None else 0.75)
+        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_title(method)
+        ax.set_xlabel(name)
+        if label is not None:
+            ax.legend(fontsize=7, title_fontsize=7)
+    axes[0][0].set_ylabel("judge win rate vs SFT")
+    fig.tight_layout()
+    return Figure("win_rate_vs_strength", "Win rate against each method's strength parameter",
+                  "Judge win rate against the SFT model on the test prompts, per method, against its KL-strength "
+                  "parameter (log scale). Faint dots: one seed each; line and bars: the mean over seeds with the 95% "
+                  "bootstrap interval over seeds x prompts; one line per learning rate where several were tried. "
+                  "Dotted: 0.5, no better than SFT. Where two points' bars overlap, their order is not established.",
+                  _png(fig))
+
+
+def frontier_figure(done: pd.DataFrame, colors: dict) -> Figure | None:
+    import matplotlib.pyplot as plt
+
+    use_gold = "gold_reward" in done.columns and done["gold_reward"].notna().all()
+    reward, sft_reward = ("gold_reward", "gold_reward_sft") if use_gold else ("judge_reward", "judge_reward_sft")
+    if reward not in done.columns or "kl_to_sft" not in done.columns:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method, runs in done.groupby("method", sort=False):
+        ax.scatter(runs["kl_to_sft"], runs[reward], s=14, alpha=0.4, color=colors[method])
+        means = runs.groupby("configuration")[["kl_to_sft", reward]].mean().sort_values("kl_to_sft")
+        ax.plot(means["kl_to_sft"], means[reward], marker="o", color=colors[method], label=method)
+    ax.scatter([0], [done[sft_reward].mean()], marker="*", s=160, color="black", zorder=5, label="SFT")
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("KL(policy || SFT), nats per response (symlog)")
+    ax.set_ylabel(("gold" if use_gold else "judge") + " reward, mean over test prompts")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return Figure("reward_kl_frontier", "Reward against KL to SFT (the frontier)",
+                  f"Each faint dot is one run: its mean {'gold' if use_gold else 'judge'} reward on the test prompts "
+                  "against its KL to the SFT model (from plain samples); each line joins a method's configurations "
+                  "(means over seeds) in order of KL; the star is the SFT model. Up and to the left is better: more "
+                  "reward for less drift. A method whose points lie above another's at equal KL uses its KL budget "
+                  "better.", _png(fig))
+
+
+def training_curves_figure(done: pd.DataFrame, board: pd.DataFrame, colors: dict) -> Figure | None:
+    import matplotlib.pyplot as plt
+
+    histories = {}
+    for _, row in board.iterrows():  # each method's row on the board (its selected configuration)
+        runs = done[done["configuration"] == row["configuration"]]
+        found = []
+        for _, run in runs.iterrows():
+            path = Path(run["path"]) / "metrics.jsonl"
+            if path.is_file():
+                found.append([r for r in map(json.loads, path.read_text().splitlines()) if "step" in r])
+        if found:
+            histories[row["method"]] = (found, CURVES[run["config"].get("online") and "online" or "offline"])
+    if not histories:
+        return None
+    fig, axes = plt.subplots(len(histories), 3, figsize=(10, 2.3 * len(histories)), squeeze=False)
+    for (method, (runs, keys)), axrow in zip(histories.items(), axes):
+        for ax, key in zip(axrow, keys):
+            for history in runs:
+                steps = [r["step"] for r in history if key in r]
+                ax.plot(steps, [r[key] for r in history if key in r], color=colors[method], alpha=0.7, lw=1)
+            ax.set_title(f"{method}: {key}", fontsize=9)
+            ax.tick_params(labelsize=7)
+        axrow[0].set_ylabel("value", fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("optimizer step", fontsize=8)
+    fig.tight_layout()
+    return Figure("training_curves", "Training curves",
+                  "Logged training metrics of each method's configuration in the leaderboard, one line per seed "
+                  "(window means over log_steps). Offline methods: loss, reward margin, pairwise accuracy on the "
+                  "training batches; online methods: loss, the reward model's score of the rollouts, their KL to the "
+                  "reference. Seeds that part ways show how much of a row's spread is training noise.", _png(fig))
+
+
+def length_figure(done: pd.DataFrame, colors: dict) -> Figure | None:
+    import matplotlib.pyplot as plt
+
+    if "mean_length" not in done.columns:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for method, runs in done.groupby("method", sort=False):
+        ax.scatter(runs["mean_length"], runs["win_rate"], s=16, alpha=0.6, color=colors[method], label=method)
+    if "mean_length_sft" in done.columns:
+        ax.axvline(done["mean_length_sft"].mean(), color="black", lw=0.8, ls="--", label="SFT length")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("mean response length, tokens")
+    ax.set_ylabel("judge win rate vs SFT")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return Figure("length_vs_win_rate", "Length against win rate",
+                  "One dot per run: mean response length on the test prompts against the judge's win rate over SFT; "
+                  "dashed: the SFT model's mean length. A win rate that rises with length (or with brevity) across "
+                  "methods says the judge may be rewarding length rather than content: read the gold columns.",
+                  _png(fig))
+
+
+def judge_gold_figure(done: pd.DataFrame, colors: dict) -> Figure | None:
+    import matplotlib.pyplot as plt
+
+    if "gold_win_rate" not in done.columns or done["gold_win_rate"].isna().all():
+        return None
+    fig, ax = plt.subplots(figsize=(5.2, 5.0))
+    for method, runs in done.groupby("method", sort=False):
+        flagged = runs["judge_gap_flag"].fillna(False).astype(bool) if "judge_gap_flag" in runs.columns else \
+            pd.Series(False, index=runs.index)
+        ax.scatter(runs.loc[~flagged, "gold_win_rate"], runs.loc[~flagged, "win_rate"], s=18, alpha=0.7,
+                   color=colors[method], label=method)
+        ax.scatter(runs.loc[flagged, "gold_win_rate"], runs.loc[flagged, "win_rate"], s=50, marker="x",
+                   color=colors[method])
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls=":")
+    ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+    ax.set_xlabel("gold win rate vs SFT")
+    ax.set_ylabel("judge win rate vs SFT")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return Figure("judge_vs_gold", "The judge against gold on each run's own outputs",
+                  "One mark per run: the judge's win rate against the gold reward's on the same test responses. On "
+                  "the dotted diagonal the judge and gold agree; x marks a run whose judge-gold gap interval excludes "
+                  "0 (the judge is fooled, or too strict, on that run's outputs): its judge win rate does not stand.",
+                  _png(fig))
+
+
+# ---------------------------------------------------------------- findings
+
+def findings(board: pd.DataFrame, done: pd.DataFrame) -> list[str]:
+    """Sentences that only restate what the numbers show."""
+    if board.empty or "win_rate" not in board.columns:
+        return ["No completed run with an evaluation: nothing to compare."]
+    label = lambda r: f"{r['method']} ({r['params']}, lr {r['learning_rate']:g})"  # noqa: E731
+    best = board.iloc[0]
+    out = [f"Highest mean judge win rate over SFT: {label(best)}, {best['win_rate']:.3f} "
+           f"[{best['win_rate_low']:.3f}, {best['win_rate_high']:.3f}] over {best['seeds']} seed(s)."]
+    tied = [label(r) for _, r in board.iterrows() if r["significance"] == "n.s."]
+    worse = [label(r) for _, r in board.iterrows() if r["significance"] == "worse"]
+    if tied:
+        out.append(f"Not significantly different from it (paired 95% interval of the gap contains 0): {'; '.join(tied)}.")
+    if worse:
+        out.append(f"Significantly worse than it: {'; '.join(worse)}.")
+    if "judge_gap_flag" in board.columns:
+        for _, r in board[board["judge_gap_flag"].fillna(False).astype(bool)].iterrows():
+            out.append(f"The judge and gold disagree on {label(r)}: judge {r['win_rate']:.3f}, gold "
+                       f"{r['gold_win_rate']:.3f} (gap {r['judge_gold_gap']:+.3f} [{r['judge_gold_gap_low']:+.3f}, "
+                       f"{r['judge_gold_gap_high']:+.3f}]); its judge win rate does not stand.")
+    for _, r in board.iterrows():
+        if r.get("collapsed"):
+            out.append(f"{label(r)} collapsed in {r['collapsed']}.")
+        if r.get("grid_edge"):
+            out.append(f"{label(r)} sits at the edge of its grid ({r['grid_edge']}): the optimum is not bracketed.")
+    collapsed = sorted({f"{run['method']} ({run['params']})" for _, run in done.iterrows() if collapse_reasons(run)}
+                       - {f"{r['method']} ({r['params']})" for _, r in board.iterrows() if r.get("collapsed")})
+    if collapsed:
+        out.append(f"Other configurations with collapsed seeds (not on the board): {'; '.join(collapsed)}.")
+    return out
+
+
+# ---------------------------------------------------------------- rendering
+
+def _html_table(rows: list[dict[str, str]]) -> str:
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in rows)
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
+.scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.8em}td,th{border:1px solid #ccc;padding:3px 6px;
+white-space:nowrap;text-align:left}th{background:#f3f3f3;position:sticky;top:0}figure{margin:1.2em 0}
+figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.9em;color:#444;max-width:760px}
+code{background:#f3f3f3;padding:0 3px}"""
+
+
+def _inline(text: str) -> str:
+    """Escaped HTML of a markdown line's text, `code` spans as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
+
+
+def render(blocks: list[tuple], title: str) -> tuple[str, str, dict[str, bytes]]:
+    """(markdown, self-contained HTML, {file name: PNG bytes} for the markdown's figures)."""
+    md, body, files = [f"# {title}", ""], [f"<h1>{html.escape(title)}</h1>"], {}
+    for kind, *content in blocks:
+        if kind == "h2":
+            md += [f"## {content[0]}", ""]
+            body.append(f"<h2>{html.escape(content[0])}</h2>")
+        elif kind == "p":
+            md += [content[0], ""]
+            body.append(f"<p>{_inline(content[0])}</p>")
+        elif kind == "ul":
+            md += [f"- {item}" for item in content[0]] + [""]
+            body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in content[0]) + "</ul>")
+        elif kind == "table":
+            md += [to_markdown(content[0])]
+            body.append(_html_table(content[0]))
+        elif kind == "figure":
+            figure: Figure = content[0]
+            files[f"{figure.name}.png"] = figure.png
+            md += [f"### {figure.title}", "", f"![{figure.title}]({FIGURE_DIR}/{figure.name}.png)", "", figure.caption, ""]
+            data = base64.b64encode(figure.png).decode()
+            body.append(f'<figure id="{figure.name}"><h3>{html.escape(figure.title)}</h3>'
+                        f'<img alt="{html.escape(figure.title)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>")
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
+            f'content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title><style>{STYLE}</style>'
+            f"</head><body>{''.join(body)}</body></html>\n")
+    return "\n".join(md).rstrip() + "\n", page, files
+
+
+def build_report(folders: list[Path]) -> tuple[list[tuple], str, pd.DataFrame, list[Figure]]:
+    """The report's content blocks, its title, the board, and its figures."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    records = load_records(*folders)
+    done = records[records["status"] == "completed"]
+    selection = stored_selection(folders[0]) if len(folders) == 1 else None
+    board = select_best(records, selection) if selection else leaderboard(records)
+    colors = _colors(list(dict.fromkeys(done["method"])))
+    figures = [f for f in (win_rate_figure(done, colors), frontier_figure(done, colors),
+                           training_curves_figure(done, board, colors), length_figure(done, colors),
+                           judge_gold_figure(done, colors)) if f is not None] if not done.empty else []
+    names = ", ".join(f"`{display_path(f)}`" for f in folders)
+    judges = ", ".join(sorted({str(j) for j in done.get("judge", pd.Series(dtype=str)).dropna()})) or "none"
+    rule = (f"each method's configuration with the {selection.mode} mean {selection.metric} on the validation "
+            f"prompts" + (f" among those with mean validation KL <= {selection.kl_budget:g} nats" if selection.kl_budget
+                          else "") + ", reported on the test prompts" if selection
+            else "every configuration, best mean judge win rate first")
+    blocks: list[tuple] = [
+        ("p", f"From {len(records)} run records under {names} ({len(done)} completed). Judge: {judges}. "
+              f"Regenerate without training: `harness report {' '.join(map(display_path, folders))}`."),
+        ("h2", "Leaderboard"),
+        ("p", f"Rows: {rule}. What the columns mean:"),
+        ("ul", [line[2:] for line in legend(board, records, folders[0], selection).splitlines() if line.startswith("- ")]),
+        ("table", display_rows(board, selection is not None)) if not board.empty else ("p", "No completed run."),
+        ("h2", "Findings"),
+        ("ul", findings(board, done)),
+        ("h2", "Collapse"),
+        ("p", f"A run is flagged as collapsed when, on the test prompts and relative to the SFT model: {THRESHOLDS_TEXT}. "
+              "The leaderboard's `collapsed` column counts the flagged seeds of each row."),
+        ("table", _collapsed_rows(done)),
+        ("h2", "Figures"),
+        *[("figure", f) for f in figures]]
+    title = "Method comparison: " + ", ".join(Path(f).name for f in folders)
+    return blocks, title, board, figures
+
+
+def _collapsed_rows(done: pd.DataFrame) -> list[dict[str, str]]:
+    rows = [{"method": r["method"], "params": r["params"], "lr": f"{r['learning_rate']:g}", "seed": str(r["seed"]),
+             "reasons": ", ".join(reasons)}
+            for _, r in done.iterrows() if (reasons := collapse_reasons(r))]
+    return rows or [{"collapsed runs": "none"}]
+
+
+def write_report(folders: list[str | Path], out: str | Path | None = None) -> tuple[Path, Path, pd.DataFrame, list[Figure]]:
+    """Write report.md, report_files/*.png and report.html under `out` (default: the first folder)."""
+    folders = [Path(f) for f in folders]
+    out = Path(out or folders[0])
+    blocks, title, board, figures = build_report(folders)
+    markdown, page, files = render(blocks, title)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / FIGURE_DIR).mkdir(exist_ok=True)
+    for name, data in files.items():
+        (out / FIGURE_DIR / name).write_bytes(data)
+    (out / "report.md").write_text(markdown)
+    (out / "report.html").write_text(page)
+    return out / "report.md", out / "report.html", board, figures

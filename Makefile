@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install clean
+.PHONY: run test install results clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,6 +23,10 @@ run: install
 
 test: install
 	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python -m pytest -q $(ARGS)
+
+# Every leaderboard and report under results/ regenerated from the committed records (no training).
+results: install
+	for dir in results/*/; do WANDB_MODE=disabled $(BIN)/harness report $$dir > /dev/null || exit 1; done
 
 clean:
 	rm -rf $(VENV) outputs

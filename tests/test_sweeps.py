@@ -89,6 +89,13 @@ def test_sweep_prepares_once_logs_to_wandb_and_writes_a_leaderboard(tmp_path, em
     assert any("train/loss" in row for row in logged["history"])
     assert "win_rate" in logged["summary"] and "kl_to_sft" in logged["summary"]
     assert logged["config"]["method.name"] == "dpo"
+    # the report: written at the end of the sweep, and logged as one W&B summary run in the spec's group
+    assert (root / "report.md").is_file() and (root / "report.html").is_file()
+    [report_run] = sorted((root / "wandb").glob("offline-run-*/run-*.wandb"))
+    logged = summarize(report_run)
+    assert logged["exited"] and logged["group"] == "multi" and logged["job_type"] == "report"
+    keys = {key for row in logged["history"] for key in row}
+    assert {"leaderboard/_type", "figures/reward_kl_frontier/_type"} <= keys  # a wandb.Table and a wandb.Image
     # the leaderboard is a pure function of the records
     assert run_cli("leaderboard", str(root)).returncode == 0
 

@@ -66,39 +66,52 @@ def win_rate_figure(done: pd.DataFrame, colors: dict) -> Figure | None:
     import matplotlib.pyplot as plt
 
     methods = list(colors)
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3.2), sharey=True, squeeze=False)
-    for ax, method in zip(axes[0], methods):
+    ncols = min(3, len(methods))
+    nrows = -(-len(methods) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.8 * ncols, 3.3 * nrows), sharey=True, squeeze=False)
+    for ax in axes.flat[len(methods):]:
+        ax.set_visible(False)
+    for ax, method in zip(axes.flat, methods):
         runs = done[done["method"] == method]
         knob = _strength(runs.iloc[0]["method_params"])
         if knob is None:
             continue
         name = knob[0]
+        several = runs["learning_rate"].nunique() > 1
         for lr, by_lr in runs.groupby("learning_rate"):
             points = []
             for _, config in by_lr.groupby("configuration"):
                 x = _strength(config.iloc[0]["method_params"])[1]
                 matrix = np.asarray([o["test"]["judge"] for o in config["outcomes"]])
                 low, high = seed_prompt_interval(matrix)
-                points.append((x, matrix.mean(), low, high))
+                gold = config["gold_win_rate"].mean() if "gold_win_rate" in config.columns else np.nan
+                points.append((x, matrix.mean(), low, high, gold))
                 ax.scatter([x] * len(config), config["win_rate"], s=10, color=colors[method], alpha=0.35)
             points.sort()
-            xs, mean, low, high = map(np.asarray, zip(*points))
-            label = f"lr {lr:g}" if runs["learning_rate"].nunique() > 1 else None
-            ax.errorbar(xs, mean, yerr=[mean - low, high - mean], marker="o", capsize=3, label=label,
-                        alpha=0.9 if label is None else 0.75)
+            xs, mean, low, high, gold = map(np.asarray, zip(*points))
+            line = ax.errorbar(xs, mean, yerr=[mean - low, high - mean], marker="o", capsize=3,
+                               label=f"lr {lr:g}" if several else "judge", color=None if several else colors[method])
+            if not np.isnan(gold).all():
+                ax.plot(xs, gold, ls="--", marker="s", mfc="none", ms=4, color=line.lines[0].get_color(),
+                        label=None if several else "gold")
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.set_xscale("log")
+        tried = sorted({_strength(p)[1] for p in runs["method_params"]})
+        ax.set_xticks(tried, [f"{v:g}" for v in tried])
+        ax.minorticks_off()
         ax.set_title(method)
         ax.set_xlabel(name)
-        if label is not None:
-            ax.legend(fontsize=7, title_fontsize=7)
-    axes[0][0].set_ylabel("judge win rate vs SFT")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    for row in axes:
+        row[0].set_ylabel("win rate vs SFT")
     fig.tight_layout()
     return Figure("win_rate_vs_strength", "Win rate against each method's strength parameter",
                   "Judge win rate against the SFT model on the test prompts, per method, against its KL-strength "
-                  "parameter (log scale). Faint dots: one seed each; line and bars: the mean over seeds with the 95% "
-                  "bootstrap interval over seeds x prompts; one line per learning rate where several were tried. "
-                  "Dotted: 0.5, no better than SFT. Where two points' bars overlap, their order is not established.",
+                  "parameter (log scale). Faint dots: one seed each; solid line and bars: the mean over seeds with the "
+                  "95% bootstrap interval over seeds x prompts; dashed: the gold reward's win rate on the same responses "
+                  "(where the task knows it); one colour per learning rate where several were tried. Dotted: "
+                  "0.5, no better than SFT. Where two points' bars overlap, their order is not established.",
                   _png(fig))
 
 

@@ -62,8 +62,10 @@ def _summary_rows(record) -> list[tuple[str, str]]:
                  ("distinct-2 within a response: SFT -> policy",
                   f"{m['distinct_2_per_response_sft']:.3f} -> {m['distinct_2_per_response']:.3f}"),
                  ("repeat rate: SFT -> policy", f"{m['repeat_rate_sft']:.3f} -> {m['repeat_rate']:.3f}")]
-        rows += [("pairs seen in training", f"{m['pairs_seen']:g}")] if m.get("pairs_seen") is not None else [
-            ("sampled sequences trained on (x epochs)", f"{m['samples_trained']:g}")]
+        if m.get("pairs_seen") is not None:
+            rows += [("pairs seen in training", f"{m['pairs_seen']:g}")]
+        if m.get("samples_trained") is not None:
+            rows += [("sampled sequences trained on (x epochs)", f"{m['samples_trained']:g}")]
     if "tokens_trained" in m:
         rows += [("tokens trained / forwarded / generated",
                   f"{m['tokens_trained']:,} / {m['tokens_forwarded']:,} / {m['tokens_generated']:,}")]

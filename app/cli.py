@@ -145,7 +145,8 @@ def cmd_report(args) -> int:
     for folder in args.dirs:
         if not Path(folder).is_dir():
             raise BadInput(f"not a directory: {folder}")
-    _print_leaderboard(args.dirs[0], f"leaderboard of {args.dirs[0]}") if len(args.dirs) == 1 else None
+    if len(args.dirs) == 1:  # several folders: one combined report (its table is in it)
+        _print_leaderboard(args.dirs[0], f"leaderboard of {args.dirs[0]}")
     _print_report(args.dirs)
     return 0
 

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .aggregate import paired_difference, seed_prompt_interval
 from .collapse import THRESHOLDS_TEXT, collapse_summary
-from .store import display_path, load_records
+from .store import IGNORED_PARAMS, display_path, load_records
 
 # Means over seeds of these per-run metrics (where the records have them).
 MEANS = ("gold_reward", "gold_reward_sft", "kl_to_sft", "kl_per_token", "judge_agreement_run", "judge_agreement_heldout",
@@ -121,7 +121,7 @@ def grid_edges(records: pd.DataFrame, configuration: str) -> str:
     `configuration` sits at the smallest or largest value tried: an optimum there is not bracketed."""
     flat = pd.json_normalize(list(records["config"])).set_index(records["configuration"].to_numpy())
     flat = flat.drop(columns=[c for c in flat.columns if c.split(".")[0] in ("output_dir", "cache_dir", "name", "wandb")
-                              or c == "train.seed"])
+                              or c == "train.seed" or c in {f"method.{p}" for p in IGNORED_PARAMS}])
     swept = [c for c in flat.columns if flat[c].astype(str).nunique() > 1]
     chosen = flat.loc[[configuration]].iloc[0]
     edges = []

@@ -124,9 +124,12 @@ def frontier_figure(done: pd.DataFrame, colors: dict) -> Figure | None:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method, runs in done.groupby("method", sort=False):
-        ax.scatter(runs["kl_to_sft"], runs[reward], s=14, alpha=0.4, color=colors[method])
+        ax.scatter(runs["kl_to_sft"], runs[reward], s=10, alpha=0.3, color=colors[method])
         means = runs.groupby("configuration")[["kl_to_sft", reward]].mean().sort_values("kl_to_sft")
-        ax.plot(means["kl_to_sft"], means[reward], marker="o", color=colors[method], label=method)
+        ax.scatter(means["kl_to_sft"], means[reward], s=28, color=colors[method])
+        # The frontier: the configurations no other of the method beats with less KL (running maximum).
+        best = means[means[reward] > means[reward].cummax().shift(fill_value=-np.inf)]
+        ax.plot(best["kl_to_sft"], best[reward], marker="o", color=colors[method], label=method)
     ax.scatter([0], [done[sft_reward].mean()], marker="*", s=160, color="black", zorder=5, label="SFT")
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("KL(policy || SFT), nats per response (symlog)")
@@ -136,10 +139,11 @@ def frontier_figure(done: pd.DataFrame, colors: dict) -> Figure | None:
     fig.tight_layout()
     return Figure("reward_kl_frontier", "Reward against KL to SFT (the frontier)",
                   f"Each faint dot is one run: its mean {'gold' if use_gold else 'judge'} reward on the test prompts "
-                  "against its KL to the SFT model (from plain samples); each line joins a method's configurations "
-                  "(means over seeds) in order of KL; the star is the SFT model. Up and to the left is better: more "
-                  "reward for less drift. A method whose points lie above another's at equal KL uses its KL budget "
-                  "better.", _png(fig))
+                  "against its KL to the SFT model (from plain samples); solid dots are configurations (means over "
+                  "seeds), and each line is a method's frontier: the configurations that no other configuration of "
+                  "the method beats with less KL. The star is the SFT model. Up and to the left is better: more reward "
+                  "for less drift. A method whose frontier lies above another's at equal KL uses its KL budget better.",
+                  _png(fig))
 
 
 def training_curves_figure(done: pd.DataFrame, board: pd.DataFrame, colors: dict) -> Figure | None:
@@ -222,7 +226,7 @@ def judge_gold_figure(done: pd.DataFrame, colors: dict) -> Figure | None:
     return Figure("judge_vs_gold", "The judge against gold on each run's own outputs",
                   "One mark per run: the judge's win rate against the gold reward's on the same test responses. On "
                   "the dotted diagonal the judge and gold agree; x marks a run whose judge-gold gap interval excludes "
-                  "0 (the judge is fooled, or too strict, on that run's outputs): its judge win rate does not stand.",
+                  "0 (the judge is fooled, or too strict, on that run's outputs): compare such runs by their gold win rate.",
                   _png(fig))
 
 
@@ -244,9 +248,10 @@ def findings(board: pd.DataFrame, done: pd.DataFrame) -> list[str]:
         out.append(f"Significantly worse than it: {'; '.join(worse)}.")
     if "judge_gap_flag" in board.columns:
         for _, r in board[board["judge_gap_flag"].fillna(False).astype(bool)].iterrows():
-            out.append(f"The judge and gold disagree on {label(r)}: judge {r['win_rate']:.3f}, gold "
-                       f"{r['gold_win_rate']:.3f} (gap {r['judge_gold_gap']:+.3f} [{r['judge_gold_gap_low']:+.3f}, "
-                       f"{r['judge_gold_gap_high']:+.3f}]); its judge win rate does not stand.")
+            side = "overstates" if r["judge_gold_gap"] > 0 else "understates"
+            out.append(f"On {label(r)} the judge {side} gold: judge {r['win_rate']:.3f}, gold {r['gold_win_rate']:.3f} "
+                       f"(gap {r['judge_gold_gap']:+.3f} [{r['judge_gold_gap_low']:+.3f}, {r['judge_gold_gap_high']:+.3f}], "
+                       "interval excluding 0); compare this row by its gold win rate.")
     for _, r in board.iterrows():
         if r.get("collapsed"):
             out.append(f"{label(r)} collapsed in {r['collapsed']}.")

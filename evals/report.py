@@ -276,7 +276,8 @@ STYLE = """body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;m
 padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{margin-top:1.6em;border-bottom:1px solid #ddd}
 .scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.8em}td,th{border:1px solid #ccc;padding:3px 6px;
 white-space:nowrap;text-align:left}th{background:#f3f3f3;position:sticky;top:0}figure{margin:1.2em 0}
-figure img{max-width:100%;height:auto;border:1px solid #eee}figcaption{font-size:.9em;color:#444;max-width:760px}
+.img{overflow-x:auto}.img img{max-width:100%;height:auto;border:1px solid #eee}
+@media (max-width:700px){.img img{max-width:none}}figcaption{font-size:.9em;color:#444;max-width:760px}
 code{background:#f3f3f3;padding:0 3px}"""
 
 
@@ -307,7 +308,7 @@ def render(blocks: list[tuple], title: str) -> tuple[str, str, dict[str, bytes]]
             md += [f"### {figure.title}", "", f"![{figure.title}]({FIGURE_DIR}/{figure.name}.png)", "", figure.caption, ""]
             data = base64.b64encode(figure.png).decode()
             body.append(f'<figure id="{figure.name}"><h3>{html.escape(figure.title)}</h3>'
-                        f'<img alt="{html.escape(figure.title)}" src="data:image/png;base64,{data}">'
+                        f'<div class="img"><img alt="{html.escape(figure.title)}" src="data:image/png;base64,{data}"></div>'
                         f"<figcaption>{html.escape(figure.caption)}</figcaption></figure>")
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" '
             f'content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title><style>{STYLE}</style>'

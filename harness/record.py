@@ -74,10 +74,25 @@ def versions() -> dict[str, str | None]:
     return found
 
 
+SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name and the SIMD extensions torch's kernels pick from: the embedded task's assets
+    are bit-identical only where these match (a virtual machine may report a generic model name)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or None
+    field = lambda key: next((line.split(":", 1)[1].strip() for line in lines if line.startswith(key)), "")  # noqa: E731
+    flags = set(field("flags").split())
+    return f"{field('model name') or platform.processor()} [{' '.join(f for f in SIMD_FLAGS if f in flags)}]"
+
+
 def hardware() -> dict[str, Any]:
     import torch
 
-    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(),
+    info: dict[str, Any] = {"platform": platform.platform(), "machine": platform.machine(), "cpu_model": _cpu_model(),
                             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                             "cuda": torch.cuda.is_available(), "argv": sys.argv[:1]}
     if torch.cuda.is_available():

@@ -86,7 +86,7 @@ def _common_prefix(a: str, b: str) -> str:
     return prefix[: prefix.rfind(" ") + 1] if n < min(len(a), len(b)) and " " in prefix else prefix
 
 
-def _split_implicit(chosen: Text, rejected: Text, where: str) -> tuple[Text, Text, Text]:
+def _split_implicit(chosen: Text, rejected: Text, where: str, counts: dict[str, int]) -> tuple[Text, Text, Text]:
     """prompt, chosen completion, rejected completion from two whole dialogues."""
     if _is_messages(chosen) and _is_messages(rejected):
         n = 0
@@ -97,9 +97,11 @@ def _split_implicit(chosen: Text, rejected: Text, where: str) -> tuple[Text, Tex
         cut = chosen.rfind(HH_ASSISTANT)
         if cut >= 0:  # Anthropic HH: the prompt runs up to and including the last assistant marker
             prompt = chosen[: cut + len(HH_ASSISTANT)]
-            if not rejected.startswith(prompt):
-                raise BadInput(f"{where}: 'chosen' and 'rejected' differ before the last assistant turn")
-            return prompt, chosen[len(prompt):], rejected[len(prompt):]
+            if rejected.startswith(prompt):
+                return prompt, chosen[len(prompt):], rejected[len(prompt):]
+            # The dialogues differ before the last assistant turn: split at their common prefix, as TRL's
+            # extract_prompt does for every implicit-prompt row, and count it.
+            counts["split_at_common_prefix"] = counts.get("split_at_common_prefix", 0) + 1
         prompt = _common_prefix(chosen, rejected)
         return prompt, chosen[len(prompt):], rejected[len(prompt):]
     raise BadInput(f"{where}: 'chosen' and 'rejected' must both be strings or both be message lists")
@@ -110,6 +112,10 @@ def _as_completion(prompt: Text, completion: Text) -> Text:
     if _is_messages(completion) and len(completion) > 1 and completion[-1].get("role") == "assistant":
         return completion[-1:]
     return completion
+
+
+def _is_empty(text: Text) -> bool:
+    return not text.strip() if isinstance(text, str) else all(not str(m.get("content", "")).strip() for m in text)
 
 
 def _check_text(value: Any, where: str, name: str, allow_empty: bool = False) -> Text:
@@ -124,7 +130,9 @@ def _check_text(value: Any, where: str, name: str, allow_empty: bool = False) ->
     raise BadInput(f"{where}: field {name!r} must be a string or a list of chat messages, got {type(value).__name__}")
 
 
-def normalise_row(row: dict, where: str) -> dict:
+def normalise_row(row: dict, where: str, counts: dict[str, int] | None = None) -> dict:
+    """One row in the normalised paired or unpaired form; `counts` collects how often a fallback was taken."""
+    counts = {} if counts is None else counts
     if not isinstance(row, dict):
         raise BadInput(f"{where}: not a mapping of fields")
     if "completion" in row and "label" in row:
@@ -132,39 +140,43 @@ def normalise_row(row: dict, where: str) -> dict:
         if not isinstance(label, bool) and label not in (0, 1):
             raise BadInput(f"{where}: field 'label' must be true/false, got {label!r}")
         prompt = _check_text(row.get("prompt", ""), where, "prompt", allow_empty=True)
-        return {"prompt": prompt, "completion": _check_text(row["completion"], where, "completion"),
+        # An empty completion is a legitimate answer: it trains as end-of-sequence alone, as in TRL.
+        return {"prompt": prompt, "completion": _check_text(row["completion"], where, "completion", allow_empty=True),
                 "label": bool(label)}
     for name in ("chosen", "rejected"):
         if name not in row or row[name] is None:
             present = [k for k, v in row.items() if v is not None]
             raise BadInput(f"{where}: field {name!r} is missing or null (fields present: {', '.join(present)})")
-    chosen = _check_text(row["chosen"], where, "chosen")
-    rejected = _check_text(row["rejected"], where, "rejected")
+    # Empty completions are legitimate (Anthropic HH's preferred harmless answer is sometimes the empty one):
+    # they train as end-of-sequence alone, as TRL does, and prepare_examples counts them.
+    chosen = _check_text(row["chosen"], where, "chosen", allow_empty=True)
+    rejected = _check_text(row["rejected"], where, "rejected", allow_empty=True)
     if row.get("prompt") is not None:
         prompt = _check_text(row["prompt"], where, "prompt", allow_empty=True)
         chosen, rejected = _as_completion(prompt, chosen), _as_completion(prompt, rejected)
     else:
-        prompt, chosen, rejected = _split_implicit(chosen, rejected, where)
+        prompt, chosen, rejected = _split_implicit(chosen, rejected, where, counts)
     if isinstance(prompt, str) and (_is_messages(chosen) or _is_messages(rejected)):
         prompt = [{"role": "user", "content": prompt}]
-    _check_text(chosen, where, "chosen")
-    _check_text(rejected, where, "rejected")
+    if _is_messages(chosen) and not chosen or _is_messages(rejected) and not rejected:
+        raise BadInput(f"{where}: 'chosen' or 'rejected' is an empty message list (an empty reply is fine, no reply is not)")
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def normalise_rows(rows: list[dict], source: str, skip_invalid: bool) -> tuple[list[dict], int]:
-    """Normalised rows and how many were skipped (only when skip_invalid; otherwise the first bad row raises)."""
-    out, skipped = [], 0
+def normalise_rows(rows: list[dict], source: str, skip_invalid: bool) -> tuple[list[dict], dict[str, int]]:
+    """Normalised rows and counts: rows skipped (only when skip_invalid; otherwise the first bad row raises),
+    rows split at the common prefix of their dialogues."""
+    out, counts = [], {"skipped_invalid": 0, "split_at_common_prefix": 0}
     for index, row in enumerate(rows):
         try:
-            out.append(normalise_row(row, f"{source}: row {index} (0-based)"))
+            out.append(normalise_row(row, f"{source}: row {index} (0-based)", counts))
         except BadInput:
             if not skip_invalid:
                 raise
-            skipped += 1
+            counts["skipped_invalid"] += 1
     if not out:
         raise BadInput(f"{source}: no usable rows")
-    return out, skipped
+    return out, counts
 
 
 # ---------------------------------------------------------------- formatting and tokenising
@@ -177,7 +189,8 @@ class Formatter:
     max_length: int
     max_prompt_length: int
     apply_chat_template: bool = True
-    stats: dict[str, int] = field(default_factory=lambda: {"prompts_truncated": 0, "completions_truncated": 0})
+    stats: dict[str, int] = field(default_factory=lambda: {"prompts_truncated": 0, "completions_truncated": 0,
+                                                           "empty_completions": 0})
 
     @property
     def uses_template(self) -> bool:
@@ -209,12 +222,15 @@ class Formatter:
         bos = self.tokenizer.bos_token_id
         if bos is not None and (not ids or ids[0] != bos):
             ids = [bos] + ids
-        if len(ids) > self.max_prompt_length:
+        if len(ids) > self.max_prompt_length:  # keep the end (the question), and BOS in front of it
             self.stats["prompts_truncated"] += 1
-            ids = ids[-self.max_prompt_length:]
+            keep_bos = bos is not None and ids[0] == bos and self.max_prompt_length > 1
+            ids = [bos] + ids[-(self.max_prompt_length - 1):] if keep_bos else ids[-self.max_prompt_length:]
         return ids
 
     def completion_ids(self, prompt: Text, completion: Text, prompt_length: int) -> list[int]:
+        if _is_empty(completion):
+            self.stats["empty_completions"] += 1
         ids = self.tokenizer(self.completion_text(prompt, completion), add_special_tokens=False)["input_ids"]
         eos = self.tokenizer.eos_token_id
         if eos is not None and (not ids or ids[-1] != eos):

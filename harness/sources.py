@@ -45,7 +45,7 @@ def load_task(cfg: RunConfig) -> TaskData:
         raise BadInput("model.path is required when data.source is not 'embedded' (the SFT model to start from)")
     cache = str(Path(cfg.cache_dir).expanduser() / "hf-datasets")
     raw = load_rows(cfg.data.source, cfg.data.split, cfg.data.subset, cache)
-    rows, skipped = normalise_rows(raw, f"{cfg.data.source} [{cfg.data.split}]", cfg.data.skip_invalid)
+    rows, counts = normalise_rows(raw, f"{cfg.data.source} [{cfg.data.split}]", cfg.data.skip_invalid)
     random.Random(cfg.data.seed).shuffle(rows)
     if cfg.data.eval_split:
         eval_raw = load_rows(cfg.data.source, cfg.data.eval_split, cfg.data.subset, cache)
@@ -61,4 +61,4 @@ def load_task(cfg: RunConfig) -> TaskData:
             rows[len(rows) - cfg.eval.num_prompts:]
     return TaskData(rows[: cfg.data.num_train], [r["prompt"] for r in eval_rows], cfg.model.path, None,
                     [r["prompt"] for r in val_rows], [r for r in eval_rows if "chosen" in r],
-                    {"rows_read": len(raw), "skipped_invalid": skipped})
+                    {"rows_read": len(raw), **counts})

@@ -39,20 +39,23 @@ def test_conversational_implicit_prompt():
 def test_hh_rlhf_sample_splits_at_last_assistant_turn():
     rows = load_rows(str(shared_path("data", "hh-rlhf", "harmless-base-test.sample.jsonl")))
     assert len(rows) == 2000
-    good, skipped = normalise_rows(rows, "hh", skip_invalid=True)
-    assert skipped >= 3  # the rows whose dialogues differ before the last turn (and empty replies)
-    assert len(good) + skipped == 2000
+    good, counts = normalise_rows(rows, "hh", skip_invalid=False)  # the default settings
+    assert len(good) == 2000 and counts["skipped_invalid"] == 0
+    # dialogues that differ before the last assistant turn are split at their common prefix, as TRL does
+    assert counts["split_at_common_prefix"] == 3
     first = good[0]
     assert first["prompt"].endswith("\n\nAssistant:") and first["prompt"].startswith("\n\nHuman:")
     assert "\n\nAssistant:" not in first["chosen"]
-    with pytest.raises(BadInput, match=r"row \d+"):
-        normalise_rows(rows, "hh", skip_invalid=False)
+    assert sum(not r["chosen"].strip() for r in good) + sum(not r["rejected"].strip() for r in good) == 4  # empty replies
 
 
 def test_ultrafeedback_sample_rows():
     rows = load_rows(str(shared_path("data", "ultrafeedback-binarized", "eval_clean.jsonl")))
-    good, skipped = normalise_rows(rows, "uf", skip_invalid=False)
-    assert skipped == 0 and len(good) == 200
+    good, counts = normalise_rows(rows, "uf", skip_invalid=False)
+    assert counts["skipped_invalid"] == 0 and len(good) == 200
+    train, counts = normalise_rows(load_rows(str(shared_path("data", "ultrafeedback-binarized", "train_clean.jsonl"))),
+                                   "uf-train", skip_invalid=False)  # row 478's empty reply no longer stops it
+    assert len(train) == 1000 and sum(not r["rejected"].strip() or not r["chosen"].strip() for r in train) == 2
     assert isinstance(good[0]["prompt"], str) and isinstance(good[0]["chosen"], str)
 
 
@@ -89,8 +92,8 @@ def test_saved_dataset_directory(tmp_path):
 def test_bad_rows_name_the_field():
     with pytest.raises(BadInput, match="'chosen'"):
         normalise_row({"prompt": "p", "chosen": 3, "rejected": "r"}, "row 5")
-    with pytest.raises(BadInput, match="'rejected' is empty"):
-        normalise_row({"prompt": "p", "chosen": "c", "rejected": "  "}, "row 5")
+    with pytest.raises(BadInput, match="empty message list"):
+        normalise_row({"prompt": [{"role": "user", "content": "p"}], "chosen": [], "rejected": "r"}, "row 5")
     with pytest.raises(BadInput, match="'label'"):
         normalise_row({"prompt": "p", "completion": "c", "label": "maybe"}, "row 5")
 
@@ -105,7 +108,7 @@ def test_truncation_policy_is_explicit_and_counted():
     prepared = prepare_examples(rows, formatter, {PAIRS})
     first, second = prepared.examples
     assert first[0][0] == [tokenizer.bos_token_id] + ids("review pizza price :")  # fits: untouched
-    assert second[0][0] == ([tokenizer.bos_token_id] + ids("review review pizza price :"))[-5:]  # keeps its end
+    assert second[0][0] == [tokenizer.bos_token_id] + ids("review review pizza price :")[-4:]  # BOS + its end
     assert second[0][1] == ids("the pizza price is great and")  # completion cut at the end to fit max_length
     assert prepared.stats["prompts_truncated"] == 1 and prepared.stats["completions_truncated"] == 1
     assert first[0][1][-1] == tokenizer.eos_token_id  # an untruncated completion ends with EOS
@@ -156,3 +159,26 @@ def test_unpaired_examples_mix_labels_and_carry_mismatched_pairs():
     plain = prepare_examples(rows, formatter, {ROWS})
     assert [len(example) for example in plain.examples] == [1] * 8
     assert [example[0] for example in plain.examples] == [example[0] for example in prepared.examples]
+
+
+def test_an_empty_completion_trains_as_end_of_sequence_alone_and_is_counted():
+    """As in TRL: HH's preferred harmless answer is sometimes the empty one."""
+    tokenizer = build_tokenizer()
+    formatter = Formatter(tokenizer, max_length=32, max_prompt_length=8)
+    rows = [normalise_row({"prompt": "review pizza :", "chosen": "", "rejected": "the pizza is bad ."}, "row 0"),
+            normalise_row({"prompt": "review lamp :", "chosen": "the lamp is good .", "rejected": "  "}, "row 1")]
+    prepared = prepare_examples(rows, formatter, {PAIRS})
+    (_, chosen, _), _ = prepared.examples[0]
+    _, (_, rejected, _) = prepared.examples[1]
+    assert chosen == [tokenizer.eos_token_id] and rejected == [tokenizer.eos_token_id]
+    assert prepared.stats["empty_completions"] == 2 and prepared.stats["dropped_empty_completion"] == 0
+    unpaired = normalise_row({"prompt": "review pizza :", "completion": "", "label": False}, "row 2")
+    assert prepare_examples([unpaired], formatter, {ROWS}).examples[0][0][1] == [tokenizer.eos_token_id]
+
+
+def test_prompt_truncation_keeps_bos():
+    tokenizer = build_tokenizer()
+    formatter = Formatter(tokenizer, max_length=32, max_prompt_length=4)
+    ids = formatter.prompt_ids("review review review pizza price :")
+    plain = tokenizer("review review review pizza price :", add_special_tokens=False)["input_ids"]
+    assert ids == [tokenizer.bos_token_id] + plain[-3:] and formatter.stats["prompts_truncated"] == 1

@@ -57,6 +57,10 @@ def cached_reference(reference: Reference, prepared, pad_token_id: int, cache_di
     return values, hit
 
 
+def _trained_dtype(model) -> str:
+    return str(next(p for p in model.parameters() if p.requires_grad).dtype).removeprefix("torch.")
+
+
 def _make_accelerator(cfg: RunConfig):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
@@ -89,7 +93,9 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
         for warning in method.check_setup(cfg.train.batch_size, roles.count(CHOSEN), roles.count(REJECTED)):
             warnings.warn(warning, stacklevel=2)
         data = {"fingerprint": prepared.fingerprint, **prepared.stats}
-    model = add_lora(load_causal_lm(task.sft_path, cfg.model, accelerator.device), cfg.model)
+    # Full fine-tuning keeps fp32 master weights (bf16 autocast on CUDA); a LoRA base is frozen and may be bf16.
+    model = add_lora(load_causal_lm(task.sft_path, cfg.model, accelerator.device, trained=cfg.model.lora.r == 0),
+                     cfg.model)
 
     record = RunRecord(
         spec=spec, trial_id=trial_id or output_dir.name, method=method.name,
@@ -143,6 +149,8 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
             # and a sampled token with the KV cache about one.
             "compute_tokens": 3 * state.tokens + state.tokens_forwarded + reference_tokens + state.tokens_generated,
             "reference_cache_hit": reference_hit,
+            # What precision training ran in: the trained weights' dtype and accelerate's autocast.
+            "precision": f"{_trained_dtype(policy)} weights, {accelerator.mixed_precision} autocast",
             # Processes of the launch, and examples per optimizer step over all of them.
             "world_size": world,
             "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world}

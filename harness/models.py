@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -22,10 +23,18 @@ def pick_device(choice: str = "auto") -> torch.device:
     return torch.device(choice)
 
 
-def pick_dtype(choice: str, device: torch.device) -> torch.dtype:
-    if choice == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    return getattr(torch, choice)
+def pick_dtype(choice: str, device: torch.device, trained: bool = False) -> torch.dtype:
+    """The weights' dtype. `auto`: bf16 on a CUDA device that supports it, except for weights the optimizer
+    updates (full fine-tuning), which stay fp32 under bf16 autocast: mixed precision as the field means it."""
+    return weights_dtype(choice, device.type == "cuda" and torch.cuda.is_bf16_supported(), trained)
+
+
+def weights_dtype(choice: str, bf16_device: bool, trained: bool) -> torch.dtype:
+    if choice != "auto":
+        return getattr(torch, choice)
+    # A bf16 weight of scale 0.02 has a resolution of about 1e-4: an AdamW step of 5e-7 rounds away for
+    # ~99% of them, so trained weights need an fp32 master copy (autocast computes in bf16 all the same).
+    return torch.bfloat16 if bf16_device and not trained else torch.float32
 
 
 def looks_local(path: str) -> bool:
@@ -51,15 +60,20 @@ def load_tokenizer(path: str, cfg: ModelConfig):
     return tokenizer
 
 
-def load_causal_lm(path: str, cfg: ModelConfig, device: torch.device | None = None):
+def load_causal_lm(path: str, cfg: ModelConfig, device: torch.device | None = None, trained: bool = False):
+    """A causal LM on `device`; `trained`: its weights get optimizer updates (full fine-tuning of the policy)."""
     from transformers import AutoModelForCausalLM
 
     _check_exists(path)
     device = device or pick_device(cfg.device)
+    dtype = pick_dtype(cfg.dtype, device, trained)
+    if trained and dtype in (torch.bfloat16, torch.float16):
+        warnings.warn(f"model.dtype={cfg.dtype}: training {dtype} weights without an fp32 master copy; AdamW steps "
+                      "below about 1e-3 of a weight's size round away (model.dtype=auto keeps fp32 weights under "
+                      "bf16 autocast)", stacklevel=2)
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code,
-            dtype=pick_dtype(cfg.dtype, device), use_safetensors=True)
+            path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as error:
         raise BadInput(f"cannot load a causal LM from {path!r}: {str(error).splitlines()[0]}") from None
     return model.to(device)

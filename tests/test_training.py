@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import harness
@@ -86,3 +87,32 @@ def test_dpo_raises_gold_reward_over_sft(tmp_path, embedded):
     assert m["gold_reward"] > m["gold_reward_sft"] + 0.2, summary
     assert m["gold_win_rate"] > 0.5, summary
     assert m["kl_to_sft"] > 0
+
+
+def test_default_precision_keeps_fp32_master_weights_so_small_steps_train():
+    """On a bf16 CUDA device `model.dtype=auto` trains full fine-tuning in fp32 weights (bf16 autocast); a
+    frozen model (a LoRA base, the reference) may be bf16. Shown on CPU: one AdamW step of 5e-7 on weights
+    of scale 0.02 changes every fp32 weight and almost no bf16 one."""
+    from harness.models import weights_dtype
+
+    assert weights_dtype("auto", bf16_device=True, trained=True) == torch.float32
+    assert weights_dtype("auto", bf16_device=True, trained=False) == torch.bfloat16
+    assert weights_dtype("auto", bf16_device=False, trained=True) == torch.float32
+    assert weights_dtype("bfloat16", bf16_device=True, trained=True) == torch.bfloat16  # asked for: pure bf16
+
+    def changed_share(dtype) -> float:
+        torch.manual_seed(0)
+        weight = torch.nn.Parameter((torch.randn(256, 256) * 0.02).to(dtype))
+        before = weight.detach().clone()
+        optimizer = torch.optim.AdamW([weight], lr=5e-7, weight_decay=0.0)
+        weight.grad = torch.randn_like(weight)
+        optimizer.step()
+        return (weight.detach() != before).float().mean().item()
+
+    assert changed_share(weights_dtype("auto", bf16_device=True, trained=True)) > 0.99
+    assert changed_share(torch.bfloat16) < 0.05  # what pure bf16 would have done
+
+
+def test_record_states_the_precision(tmp_path, embedded):
+    record = harness.train(load_config(None, quick_overrides(tmp_path, **{"train.max_steps": 1, "eval.num_prompts": 0})))
+    assert record.metrics["precision"] == "float32 weights, no autocast"  # CPU: fp32, no autocast

@@ -10,7 +10,7 @@ on whole sequences (log-probs summed over completion tokens, those of the policy
     loss  = mean_i max(-A_i rho_i, -A_i clip(rho_i, 1 - eps, 1 + eps))
 No critic and no per-token credit assignment: the other samples of the same prompt are the baseline.
 Matches TRL 1.16's RLOOTrainer (its _generate_and_score_completions advantages and _compute_loss) on the
-golden inputs of tests/conformance/trl-1.16-rloo-golden.json; TRL's default beta is 0.05, here beta
+golden inputs of tests/data/trl-1.16-rloo-golden.json; TRL's default beta is 0.05, here beta
 defaults to DPO's 0.1 so one beta grid serves every method.
 """
 

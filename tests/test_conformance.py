@@ -1,4 +1,4 @@
-"""The method losses reproduce the numbers TRL 1.16 computes on the same inputs (tests/conformance/, the
+"""The method losses reproduce the numbers TRL 1.16 computes on the same inputs (tests/data/, the
 repo's own copy of ../shared/conformance, so every clone checks them)."""
 
 import json
@@ -11,7 +11,7 @@ from harness import SequenceLogps
 
 from .conftest import REPO
 
-GOLDEN = REPO / "tests" / "conformance" / "trl-1.16-golden.json"
+GOLDEN = REPO / "tests" / "data" / "trl-1.16-golden.json"
 
 
 def golden():

@@ -77,12 +77,12 @@ def test_adaptive_kl_controller_follows_ziegler_et_al():
 
 
 def _rloo_golden():
-    return json.loads((REPO / "tests" / "conformance" / "trl-1.16-rloo-golden.json").read_text())
+    return json.loads((REPO / "tests" / "data" / "trl-1.16-rloo-golden.json").read_text())
 
 
 @pytest.mark.parametrize("case", ["rloo_normalize_false", "rloo_normalize_true"])
 def test_rloo_matches_trl(case):
-    """Golden numbers from TRL 1.16's RLOOTrainer (tests/conformance/make_rloo_golden.py says how)."""
+    """Golden numbers from TRL 1.16's RLOOTrainer (tests/data/make_rloo_golden.py says how)."""
     data = _rloo_golden()
     x = {k: torch.tensor(v, dtype=torch.float64) for k, v in data["inputs"].items()}
     golden = data["cases"][case]

@@ -1,6 +1,6 @@
 """Regenerate trl-1.16-rloo-golden.json: RLOO advantages and loss as TRL 1.16.0 computes them.
 
-    python tests/conformance/make_rloo_golden.py      (needs trl==1.16.0, a dependency of the harness)
+    python tests/data/make_rloo_golden.py      (needs trl==1.16.0, a dependency of the harness)
 
 The loss is TRL's own `RLOOTrainer._compute_loss`, called unbound on a stand-in trainer whose
 `_get_per_token_logps_and_entropies` returns fixed per-token log-probs (so no model runs). The advantages

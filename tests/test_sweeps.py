@@ -59,8 +59,9 @@ def test_shipped_specs_expand():
     from sweeps.spec import expand, load_spec
 
     sizes = {name: len(expand(*load_spec(name))) for name in ("quickstart", "beta_sensitivity", "method_comparison",
-                                                               "frontier", "ultrafeedback_qwen")}
+                                                               "frontier", "ultrafeedback_qwen", "beta_sensitivity_1b")}
     assert sizes["beta_sensitivity"] == 12 and sizes["method_comparison"] == 237 and sizes["frontier"] == 24
+    assert sizes["beta_sensitivity_1b"] == 12 and sizes["ultrafeedback_qwen"] == 20
     quickstart = {t["config"]["method"]["name"] for t in expand(*load_spec("quickstart"))}
     assert {"dpo", "ipo", "kto", "orpo", "simpo", "ppo", "rloo"} <= quickstart
     assert run_cli("sweep", "no_such_spec").returncode == 2

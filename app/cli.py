@@ -205,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     board.set_defaults(func=cmd_leaderboard)
     report = sub.add_parser("report", help="the comparison report (markdown + self-contained HTML + figures, and a "
                             "W&B summary run) from the run records under DIR(s)")
-    report.add_argument("dirs", nargs="+", metavar="DIR")
+    report.add_argument("dirs", nargs="*", metavar="DIR", default=["outputs/sweeps/quickstart"],
+                        help="sweep folders or folders of records (default: the quickstart's, as `harness run` writes it)")
     report.set_defaults(func=cmd_report)
     train = sub.add_parser("train", help="one run: train, eval, record")
     train.add_argument("--config", help="YAML config file")

@@ -84,6 +84,11 @@ def test_unreadable_records_are_bad_input_naming_the_file(tmp_path, problem, exp
         assert "\n" not in line and str(path) in line and expected in line, line
 
 
+def test_report_without_a_folder_reads_the_quickstart_sweep(tmp_path):
+    result = run_cli("report", cwd=tmp_path)  # DESIGN.md: `harness report [DIR]`
+    assert result.returncode == 2 and "outputs/sweeps/quickstart" in result.stderr
+
+
 def test_an_empty_folder_is_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
     result = run_cli("report", str(tmp_path / "empty"))

@@ -158,7 +158,8 @@ def training_curves_figure(done: pd.DataFrame, board: pd.DataFrame, colors: dict
             if path.is_file():
                 found.append([r for r in map(json.loads, path.read_text().splitlines()) if "step" in r])
         if found:
-            histories[row["method"]] = (found, CURVES[run["config"].get("online") and "online" or "offline"])
+            kind = "online" if run["config"].get("online") else "offline"  # offline runs record online: None
+            histories[row["method"]] = (found, CURVES[kind])
     if not histories:
         return None
     fig, axes = plt.subplots(len(histories), 3, figsize=(10, 2.3 * len(histories)), squeeze=False)

@@ -132,6 +132,7 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
             policy.save_pretrained(output_dir / "model")
             tokenizer.save_pretrained(output_dir / "model")
         world = accelerator.num_processes
+        forwarded = state.tokens_forwarded + reference_tokens
         metrics: dict[str, Any] = {
             "first_train_loss": state.first_loss, "final_train_loss": state.history[-1]["loss"],
             "train_steps": state.step, "train_time_s": state.seconds,
@@ -143,11 +144,11 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
             # Compute, comparable across methods: tokens forwarded and back-propagated, tokens forwarded
             # without gradients (reference log-probs; for online methods also the old policy and the
             # reward model), tokens sampled. Per process.
-            "tokens_trained": state.tokens, "tokens_forwarded": state.tokens_forwarded + reference_tokens,
+            "tokens_trained": state.tokens, "tokens_forwarded": forwarded,
             "tokens_generated": state.tokens_generated,
             # One number to rank cost by, in forward-token equivalents: a backward costs about two forwards,
             # and a sampled token with the KV cache about one.
-            "compute_tokens": 3 * state.tokens + state.tokens_forwarded + reference_tokens + state.tokens_generated,
+            "compute_tokens": 3 * state.tokens + forwarded + state.tokens_generated,
             "reference_cache_hit": reference_hit,
             # What precision training ran in: the trained weights' dtype and accelerate's autocast.
             "precision": f"{_trained_dtype(policy)} weights, {accelerator.mixed_precision} autocast",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from evals.report import write_report
 from harness.config import WandbConfig
-from harness.tracking import wandb_mode
+from harness.tracking import Tracker
 
 
 def _group(folder: Path) -> str:
@@ -21,19 +21,16 @@ def report(folders: list[str | Path], wandb: WandbConfig | None = None) -> tuple
     """Write report.md and report.html beside the first folder's leaderboard; returns their paths."""
     folders = [Path(f) for f in folders]
     markdown, page, board, figures = write_report(folders)
-    cfg = wandb or WandbConfig()
-    mode = wandb_mode(cfg)
-    if mode != "disabled" and not board.empty:
+    group = _group(folders[0])
+    tracker = Tracker(markdown.parent, wandb or WandbConfig(), name=f"report-{group}", group=group, job_type="report",
+                      config={"folders": [str(f) for f in folders]}, enabled=not board.empty)
+    if tracker.run is not None:  # W&B objects, not scalars: logged on the run itself, not the local JSONL
         import wandb as wb
         from PIL import Image
 
-        run = wb.init(project=cfg.project, entity=cfg.entity, group=cfg.group or _group(folders[0]), job_type="report",
-                      name=f"report-{_group(folders[0])}", dir=str(markdown.parent), mode=mode, reinit="create_new",
-                      settings=wb.Settings(silent=True, console="off"))
         table = board.drop(columns=[c for c in board.columns if board[c].map(lambda v: isinstance(v, (list, dict))).any()])
-        run.log({"leaderboard": wb.Table(dataframe=table.astype(str)),
-                 **{f"figures/{f.name}": wb.Image(Image.open(io.BytesIO(f.png)), caption=f.title) for f in figures}})
-        run.summary["report_md"], run.summary["records"] = str(markdown), len(board)
-        run.finish()
-        wb.teardown()  # run.finish() can return before the offline file is flushed
+        tracker.run.log({"leaderboard": wb.Table(dataframe=table.astype(str)),
+                         **{f"figures/{f.name}": wb.Image(Image.open(io.BytesIO(f.png)), caption=f.title) for f in figures}})
+        tracker.run.summary["report_md"], tracker.run.summary["records"] = str(markdown), len(board)
+    tracker.finish()
     return markdown, page

@@ -34,7 +34,7 @@ from .errors import BadInput
 from .generation import sample
 from .logps import CHOSEN, VALUES, LossOutput, TokenLogps, logps_of_tokens
 from .reference import Reference
-from .trainer import TrainState, train_loop
+from .trainer import TrainState, policy_optimizer, train_loop
 
 
 @dataclass
@@ -164,8 +164,6 @@ def train_online(accelerator, policy, method, prompts: list[tuple[Any, list[int]
                  tokenizer, cfg: TrainConfig, online: OnlineConfig, output_dir, log) -> TrainState:
     """An online method's training through `train_loop`; trains `policy` in place (with a value head beside
     it when the method consumes VALUES)."""
-    from transformers import get_scheduler
-
     if online.prompts_per_rollout > len(prompts):
         raise BadInput(f"online.prompts_per_rollout={online.prompts_per_rollout} but the training data has "
                        f"{len(prompts)} distinct prompts")
@@ -178,12 +176,7 @@ def train_online(accelerator, policy, method, prompts: list[tuple[Any, list[int]
                        f"{stream.batches_per_rollout} micro-batches of a rollout batch")
     # Checkpoints fall between rollout batches: save_steps is rounded up to a whole number of them.
     save_steps = math.ceil(cfg.save_steps / steps_per_rollout) * steps_per_rollout
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
-    ticks = accelerator.num_processes  # see train_policy: accelerate steps a prepared scheduler once per process
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
-                              num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps) * ticks,
-                              num_training_steps=cfg.max_steps * ticks)
+    optimizer, scheduler = policy_optimizer(model, cfg, accelerator.num_processes)  # the value head included
 
     def step_loss(model, batch) -> LossOutput:
         part = batch["rollout"]

@@ -220,23 +220,28 @@ def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_
     return state
 
 
-def train_policy(accelerator, model, method, examples, reference, pad_token_id: int, cfg: TrainConfig,
-                 output_dir: Path, log) -> TrainState:
-    """An offline method's training: per micro-batch, one concatenated forward for the policy's per-sequence
-    log-probs, the precomputed reference log-probs from the batch, and `method.loss(policy, reference)`."""
+def policy_optimizer(model, cfg: TrainConfig, num_processes: int):
+    """AdamW over the trainable parameters and the configured learning-rate schedule, for a policy."""
     from transformers import get_scheduler
 
-    loader = make_loader(examples, None if method.reference_free else reference, cfg.batch_size, pad_token_id,
-                         shuffle=True, seed=cfg.seed)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
                                   weight_decay=cfg.weight_decay)
     # accelerate steps a prepared scheduler once per process per optimizer step (it assumes the schedule
     # counts single-process batches), so the schedule is laid out in those ticks: step k then has the same
     # learning rate whatever the number of processes.
-    ticks = accelerator.num_processes
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
-                              num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps) * ticks,
-                              num_training_steps=cfg.max_steps * ticks)
+                              num_warmup_steps=math.ceil(cfg.warmup_ratio * cfg.max_steps) * num_processes,
+                              num_training_steps=cfg.max_steps * num_processes)
+    return optimizer, scheduler
+
+
+def train_policy(accelerator, model, method, examples, reference, pad_token_id: int, cfg: TrainConfig,
+                 output_dir: Path, log) -> TrainState:
+    """An offline method's training: per micro-batch, one concatenated forward for the policy's per-sequence
+    log-probs, the precomputed reference log-probs from the batch, and `method.loss(policy, reference)`."""
+    loader = make_loader(examples, None if method.reference_free else reference, cfg.batch_size, pad_token_id,
+                         shuffle=True, seed=cfg.seed)
+    optimizer, scheduler = policy_optimizer(model, cfg, accelerator.num_processes)
 
     def step_loss(model, batch) -> LossOutput:
         policy = policy_logps(model, batch)

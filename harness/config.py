@@ -46,8 +46,11 @@ class DataConfig(_Strict):
     num_train: int | None = Field(None, gt=0, description="use at most this many training rows")
     max_length: int = Field(64, gt=1, description="max prompt+completion tokens")
     max_prompt_length: int = Field(32, gt=0, description="prompts longer than this keep their last tokens")
-    apply_chat_template: bool = Field(True, description="use the tokenizer's chat template when it has one")
+    apply_chat_template: bool = Field(True, description="render conversational rows (message lists) with the "
+                                      "tokenizer's chat template, as TRL does; string rows are always plain text")
     skip_invalid: bool = Field(False, description="skip (and count) unusable rows instead of failing")
+    columns: dict[str, str] = Field({}, description="rename dataset fields to the harness's names before use, "
+                                    "e.g. {text: completion} for IMDb reviews as unpaired rows")
     seed: int = 0
 
 
@@ -160,6 +163,8 @@ class RunConfig(_Strict):
         tree.pop("wandb")
         if tree["online"] is None:
             tree.pop("online")
+        if not tree["data"]["columns"]:  # no renaming: hashes as before the field existed
+            tree["data"].pop("columns")
         return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,16 +1,23 @@
-"""Datasets: load from any source, normalise to one form, tokenise with an explicit truncation policy.
+"""Datasets: load from any source, normalise to one form, tokenise as TRL does, with an explicit truncation policy.
 
 Normalised paired rows: {"prompt", "chosen", "rejected"}; unpaired rows: {"prompt", "completion",
 "label"}. Each text is a string or a list of chat messages. Accepted layouts: TRL's standard and
 conversational preference formats (explicit or implicit prompt), Anthropic HH dialogues (split at the
 last assistant turn), UltraFeedback-style rows (chosen/rejected as whole conversations), and unpaired
-KTO rows.
+KTO rows. An empty completion is a legitimate answer: it trains as end-of-sequence alone and is counted.
 
-Truncation policy (counted in the run record):
-  1. a prompt longer than max_prompt_length keeps its *last* max_prompt_length tokens (the turn
-     nearest the response matters most);
-  2. a completion that does not fit in max_length after its prompt is cut at the end;
-  3. a row whose completion is then empty is dropped.
+TRL's utilities are used where they fit (trl.data_utils: is_conversational, extract_prompt for message
+lists, common_prefix_length for the prompt/completion split); the harness deliberately differs in:
+  - implicit string prompts: an HH dialogue splits after its last "\n\nAssistant:" marker, other strings
+    at the last word boundary before they diverge (TRL's extract_prompt splits at the diverging character,
+    which can fall inside a word or inside the reply);
+  - unpairing for KTO: both rows of a pair are kept and the rows shuffled with the data seed, so batches
+    mix labels (trl's unpair_preference_dataset keeps file order);
+  - truncation (see Formatter), counted in the run record:
+    1. a prompt longer than max_prompt_length keeps its *last* max_prompt_length tokens, BOS in front
+       (the turn nearest the response matters most);
+    2. a completion that does not fit in max_length after its prompt is cut at the end;
+    3. a row whose completion is then empty is dropped.
 """
 
 from __future__ import annotations
@@ -89,10 +96,10 @@ def _common_prefix(a: str, b: str) -> str:
 def _split_implicit(chosen: Text, rejected: Text, where: str, counts: dict[str, int]) -> tuple[Text, Text, Text]:
     """prompt, chosen completion, rejected completion from two whole dialogues."""
     if _is_messages(chosen) and _is_messages(rejected):
-        n = 0
-        while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
-            n += 1
-        return chosen[:n], chosen[n:], rejected[n:]
+        from trl.data_utils import extract_prompt
+
+        split = extract_prompt({"chosen": chosen, "rejected": rejected})
+        return split["prompt"], split["chosen"], split["rejected"]
     if isinstance(chosen, str) and isinstance(rejected, str):
         cut = chosen.rfind(HH_ASSISTANT)
         if cut >= 0:  # Anthropic HH: the prompt runs up to and including the last assistant marker
@@ -163,13 +170,26 @@ def normalise_row(row: dict, where: str, counts: dict[str, int] | None = None) -
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def normalise_rows(rows: list[dict], source: str, skip_invalid: bool) -> tuple[list[dict], dict[str, int]]:
-    """Normalised rows and counts: rows skipped (only when skip_invalid; otherwise the first bad row raises),
-    rows split at the common prefix of their dialogues."""
+def rename_fields(row: Any, columns: dict[str, str], where: str) -> Any:
+    """`row` with its fields renamed by `columns` (dataset field -> harness field)."""
+    if not columns or not isinstance(row, dict):
+        return row
+    missing = [name for name in columns if name not in row]
+    if missing:
+        raise BadInput(f"{where}: data.columns names field {missing[0]!r}, which the row lacks "
+                       f"(fields present: {', '.join(row)})")
+    return {columns.get(name, name): value for name, value in row.items()}
+
+
+def normalise_rows(rows: list[dict], source: str, skip_invalid: bool,
+                   columns: dict[str, str] | None = None) -> tuple[list[dict], dict[str, int]]:
+    """Normalised rows (fields renamed by `columns` first) and counts: rows skipped (only when skip_invalid;
+    otherwise the first bad row raises), rows split at the common prefix of their dialogues."""
     out, counts = [], {"skipped_invalid": 0, "split_at_common_prefix": 0}
     for index, row in enumerate(rows):
+        where = f"{source}: row {index} (0-based)"
         try:
-            out.append(normalise_row(row, f"{source}: row {index} (0-based)", counts))
+            out.append(normalise_row(rename_fields(row, columns or {}, where), where, counts))
         except BadInput:
             if not skip_invalid:
                 raise
@@ -183,7 +203,21 @@ def normalise_rows(rows: list[dict], source: str, skip_invalid: bool) -> tuple[l
 
 @dataclass
 class Formatter:
-    """Turns normalised prompt/completion pairs into token ids, with the tokenizer's chat template when it has one."""
+    """Token ids of prompts and completions, as TRL 1.16's DPOTrainer computes them (trl.data_utils).
+
+    - Conversational rows (message lists) go through the tokenizer's chat template: the prompt alone with the
+      generation prompt, and prompt + completion as one conversation; no EOS is appended (the template ends
+      the turn itself).
+    - Standard rows (strings) are plain text, never templated: the prompt with the tokenizer's own special
+      tokens (BOS where the tokenizer adds one), and prompt + completion + EOS text as one string.
+    - The completion is what follows the longest common prefix of the prompt's ids and the whole sequence's
+      ids (for a pair, the shorter of the two prefixes), so a template that renders the prompt differently
+      alone, or a token merged across the boundary, never leaks prompt tokens into the completion.
+
+    Where the harness deliberately differs: TRL truncates the whole sequence (keep_start) and drops rows whose
+    prompt fills max_length; the harness keeps the *last* max_prompt_length prompt tokens (with BOS in front),
+    cuts the completion at the end to fit max_length, and counts both (`stats`).
+    """
 
     tokenizer: Any
     max_length: int
@@ -192,54 +226,69 @@ class Formatter:
     stats: dict[str, int] = field(default_factory=lambda: {"prompts_truncated": 0, "completions_truncated": 0,
                                                            "empty_completions": 0})
 
-    @property
-    def uses_template(self) -> bool:
-        return self.apply_chat_template and bool(getattr(self.tokenizer, "chat_template", None))
+    def _conversational(self, prompt: Text) -> bool:
+        from trl.data_utils import is_conversational
 
-    def prompt_text(self, prompt: Text) -> str:
-        if self.uses_template:
-            messages = prompt if _is_messages(prompt) else [{"role": "user", "content": prompt}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if _is_messages(prompt):
-            raise BadInput("data is conversational but the tokenizer has no chat template (set a model whose tokenizer has one)")
-        return prompt
+        if not (_is_messages(prompt) and (not prompt or is_conversational({"prompt": prompt}))):
+            return False
+        if not self.apply_chat_template:
+            raise BadInput("the data is conversational (message lists) but data.apply_chat_template is false")
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise BadInput("the data is conversational (message lists) but the tokenizer has no chat template "
+                           "(use a model whose tokenizer has one)")
+        return True
 
-    def completion_text(self, prompt: Text, completion: Text) -> str:
-        if self.uses_template:
-            prompt_messages = prompt if _is_messages(prompt) else [{"role": "user", "content": prompt}]
-            completion_messages = completion if _is_messages(completion) else [{"role": "assistant", "content": completion}]
-            head = self.prompt_text(prompt)
-            full = self.tokenizer.apply_chat_template(prompt_messages + completion_messages, tokenize=False)
-            if full.startswith(head):
-                return full[len(head):]
-            return "".join(m["content"] for m in completion_messages)
-        if _is_messages(completion):
-            raise BadInput("data is conversational but the tokenizer has no chat template (set a model whose tokenizer has one)")
-        return completion
+    def _template_ids(self, messages: list, generation_prompt: bool) -> list[int]:
+        return list(self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                       add_generation_prompt=generation_prompt)["input_ids"])
 
-    def prompt_ids(self, prompt: Text) -> list[int]:
-        ids = self.tokenizer(self.prompt_text(prompt), add_special_tokens=False)["input_ids"]
-        bos = self.tokenizer.bos_token_id
-        if bos is not None and (not ids or ids[0] != bos):
-            ids = [bos] + ids
-        if len(ids) > self.max_prompt_length:  # keep the end (the question), and BOS in front of it
-            self.stats["prompts_truncated"] += 1
-            keep_bos = bos is not None and ids[0] == bos and self.max_prompt_length > 1
-            ids = [bos] + ids[-(self.max_prompt_length - 1):] if keep_bos else ids[-self.max_prompt_length:]
-        return ids
+    def _untruncated_prompt_ids(self, prompt: Text) -> list[int]:
+        if self._conversational(prompt):
+            return self._template_ids(prompt, generation_prompt=True)
+        return self.tokenizer(prompt)["input_ids"]
 
-    def completion_ids(self, prompt: Text, completion: Text, prompt_length: int) -> list[int]:
+    def _sequence_ids(self, prompt: Text, completion: Text) -> list[int]:
+        """prompt + completion as one sequence, untruncated."""
         if _is_empty(completion):
             self.stats["empty_completions"] += 1
-        ids = self.tokenizer(self.completion_text(prompt, completion), add_special_tokens=False)["input_ids"]
-        eos = self.tokenizer.eos_token_id
-        if eos is not None and (not ids or ids[-1] != eos):
-            ids = ids + [eos]
-        room = self.max_length - prompt_length
-        if len(ids) > room:
-            self.stats["completions_truncated"] += 1
-            ids = ids[: max(room, 0)]
-        return ids
+        if self._conversational(prompt):
+            return self._template_ids(prompt + completion, generation_prompt=False)
+        eos = self.tokenizer.eos_token
+        text = prompt + completion
+        return self.tokenizer(text if eos is None or text.endswith(eos) else text + eos)["input_ids"]
+
+    def _truncate_prompt(self, ids: list[int]) -> list[int]:
+        if len(ids) <= self.max_prompt_length:
+            return ids
+        self.stats["prompts_truncated"] += 1  # keep the end (the question), and BOS in front of it
+        bos = self.tokenizer.bos_token_id
+        if bos is not None and ids[0] == bos and self.max_prompt_length > 1:
+            return [bos] + ids[-(self.max_prompt_length - 1):]
+        return ids[-self.max_prompt_length:]
+
+    def prompt_ids(self, prompt: Text) -> list[int]:
+        """The prompt as the model sees it before generating (chat template with the generation prompt)."""
+        return self._truncate_prompt(self._untruncated_prompt_ids(prompt))
+
+    def encode(self, prompt: Text, completions: list[Text]) -> tuple[list[int], list[list[int]]]:
+        """Prompt ids and each completion's ids, split where the tokenised prompt and sequences diverge."""
+        from trl.data_utils import common_prefix_length
+
+        if _is_messages(prompt):  # normalise_row gives message-list prompts message-list completions
+            completions = [c if _is_messages(c) else [{"role": "assistant", "content": c}] for c in completions]
+        prompt_ids = self._untruncated_prompt_ids(prompt)
+        sequences = [self._sequence_ids(prompt, c) for c in completions]
+        shared = min(common_prefix_length(prompt_ids, s) for s in sequences)
+        prompt_ids = self._truncate_prompt(prompt_ids[:shared])
+        room = self.max_length - len(prompt_ids)
+        out = []
+        for sequence in sequences:
+            ids = sequence[shared:]
+            if len(ids) > room:
+                self.stats["completions_truncated"] += 1
+                ids = ids[: max(room, 0)]
+            out.append(ids)
+        return prompt_ids, out
 
 
 Sequence = tuple[list[int], list[int], int]  # prompt ids, completion ids, role
@@ -290,9 +339,7 @@ def prepare_examples(rows: list[dict], formatter: Formatter, consumes: Collectio
     examples: list[list[Sequence]] = []
     if paired:
         for row in rows:
-            prompt = formatter.prompt_ids(row["prompt"])
-            chosen = formatter.completion_ids(row["prompt"], row["chosen"], len(prompt))
-            rejected = formatter.completion_ids(row["prompt"], row["rejected"], len(prompt))
+            prompt, (chosen, rejected) = formatter.encode(row["prompt"], [row["chosen"], row["rejected"]])
             if not chosen or not rejected:
                 dropped += 1
                 continue
@@ -300,8 +347,7 @@ def prepare_examples(rows: list[dict], formatter: Formatter, consumes: Collectio
     else:
         tokenised = []
         for row in rows:
-            prompt = formatter.prompt_ids(row["prompt"])
-            completion = formatter.completion_ids(row["prompt"], row["completion"], len(prompt))
+            prompt, (completion,) = formatter.encode(row["prompt"], [row["completion"]])
             if not completion:
                 dropped += 1
                 continue

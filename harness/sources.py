@@ -45,11 +45,13 @@ def load_task(cfg: RunConfig) -> TaskData:
         raise BadInput("model.path is required when data.source is not 'embedded' (the SFT model to start from)")
     cache = str(Path(cfg.cache_dir).expanduser() / "hf-datasets")
     raw = load_rows(cfg.data.source, cfg.data.split, cfg.data.subset, cache)
-    rows, counts = normalise_rows(raw, f"{cfg.data.source} [{cfg.data.split}]", cfg.data.skip_invalid)
+    rows, counts = normalise_rows(raw, f"{cfg.data.source} [{cfg.data.split}]", cfg.data.skip_invalid,
+                                  cfg.data.columns)
     random.Random(cfg.data.seed).shuffle(rows)
     if cfg.data.eval_split:
         eval_raw = load_rows(cfg.data.source, cfg.data.eval_split, cfg.data.subset, cache)
-        eval_rows, _ = normalise_rows(eval_raw, f"{cfg.data.source} [{cfg.data.eval_split}]", cfg.data.skip_invalid)
+        eval_rows, _ = normalise_rows(eval_raw, f"{cfg.data.source} [{cfg.data.eval_split}]",
+                                      cfg.data.skip_invalid, cfg.data.columns)
         eval_rows = eval_rows[: cfg.eval.num_prompts]
         val_rows, rows = rows[: cfg.eval.num_val_prompts], rows[cfg.eval.num_val_prompts:]
     else:  # hold out the last rows of the shuffled training split: validation, then test

@@ -123,20 +123,21 @@ def test_row_with_empty_completion_after_truncation_is_dropped_and_counted():
     assert prepared.stats["dropped_empty_completion"] == 1 and len(prepared.examples) == 1
 
 
-def test_chat_template_is_applied_when_the_tokenizer_has_one():
+def test_chat_template_renders_conversational_rows_only():
     tokenizer = gpt2_tokenizer(CHAT_TEMPLATE)
     formatter = Formatter(tokenizer, max_length=256, max_prompt_length=128)
     row = normalise_row({"prompt": [{"role": "user", "content": "hi"}],
                          "chosen": [{"role": "assistant", "content": "hello"}],
                          "rejected": [{"role": "assistant", "content": "bye"}]}, "r")
-    assert formatter.prompt_text(row["prompt"]) == "<|user|>hi<|end|><|assistant|>"
-    assert formatter.completion_text(row["prompt"], row["chosen"]) == "hello<|end|>"
-    # plain-string prompts are wrapped as a user turn when a template is present
-    assert formatter.prompt_text("hi") == "<|user|>hi<|end|><|assistant|>"
-    plain = Formatter(gpt2_tokenizer(None), max_length=256, max_prompt_length=128)
-    assert plain.prompt_text("hi") == "hi"
-    with pytest.raises(BadInput, match="chat template"):
-        plain.prompt_text(row["prompt"])
+    assert tokenizer.decode(formatter.prompt_ids(row["prompt"])) == "<|user|>hi<|end|><|assistant|>"
+    prompt, (chosen, rejected) = formatter.encode(row["prompt"], [row["chosen"], row["rejected"]])
+    assert tokenizer.decode(prompt + chosen) == "<|user|>hi<|end|><|assistant|>hello<|end|>"
+    # string rows stay plain text even when the tokenizer has a template, as in TRL (HH dialogues are text)
+    assert tokenizer.decode(formatter.prompt_ids("hi")) == "hi"
+    with pytest.raises(BadInput, match="no chat template"):
+        Formatter(gpt2_tokenizer(None), max_length=256, max_prompt_length=128).prompt_ids(row["prompt"])
+    with pytest.raises(BadInput, match="apply_chat_template is false"):
+        Formatter(tokenizer, 256, 128, apply_chat_template=False).prompt_ids(row["prompt"])
 
 
 def test_unpaired_examples_mix_labels_and_carry_mismatched_pairs():

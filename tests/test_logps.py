@@ -41,9 +41,8 @@ def test_logps_match_naive_on_tiny_llama():
             ("review bike size :", "the bike size is good .", "the bike size is poor .")]
     examples = []
     for prompt, chosen, rejected in rows:
-        p = formatter.prompt_ids(prompt)
-        examples.append([(p, formatter.completion_ids(prompt, chosen, len(p)), CHOSEN),
-                         (p, formatter.completion_ids(prompt, rejected, len(p)), REJECTED)])
+        p, (c, r) = formatter.encode(prompt, [chosen, rejected])
+        examples.append([(p, c, CHOSEN), (p, r, REJECTED)])
     lengths = {len(p) + len(c) for ex in examples for p, c, _ in ex}
     assert len(lengths) > 1, "the rows must have different lengths so that padding is exercised"
     got = check_against_naive(model, examples, tokenizer.pad_token_id)
@@ -56,11 +55,10 @@ def test_padding_and_prompt_tokens_do_not_change_completion_logps():
     tokenizer = build_tokenizer()
     model = build_base_model(tokenizer, seed=1).eval()
     f = Formatter(tokenizer, max_length=64, max_prompt_length=32)
-    p = f.prompt_ids("review pizza price :")
-    short = [(p, f.completion_ids("", "the pizza is good .", len(p)), CHOSEN),
-             (p, f.completion_ids("", "the pizza is bad .", len(p)), REJECTED)]
-    long = [(p, f.completion_ids("", "the pizza price is good and great and nice and lovely and superb .", len(p)), CHOSEN),
-            (p, f.completion_ids("", "the pizza is bad .", len(p)), REJECTED)]
+    p, (good, bad, long_good) = f.encode("review pizza price :", [
+        "the pizza is good .", "the pizza is bad .", "the pizza price is good and great and nice and lovely and superb ."])
+    short = [(p, good, CHOSEN), (p, bad, REJECTED)]
+    long = [(p, long_good, CHOSEN), (p, bad, REJECTED)]
     with torch.no_grad():
         alone = policy_logps(model, collate([short], None, tokenizer.pad_token_id))
         padded = policy_logps(model, collate([short, long], None, tokenizer.pad_token_id))
@@ -72,8 +70,7 @@ def test_mismatched_rows_fill_the_kl_field():
     tokenizer = build_tokenizer()
     model = build_base_model(tokenizer, seed=2).eval()
     f = Formatter(tokenizer, max_length=64, max_prompt_length=32)
-    p = f.prompt_ids("review bike size :")
-    c1, c2 = f.completion_ids("", "the bike is good .", len(p)), f.completion_ids("", "the lamp is dull .", len(p))
+    p, (c1, c2) = f.encode("review bike size :", ["the bike is good .", "the lamp is dull ."])
     examples = [[(p, c1, CHOSEN), (p, c2, MISMATCHED)], [(p, c2, REJECTED), (p, c1, MISMATCHED)]]
     with torch.no_grad():
         got = policy_logps(model, collate(examples, None, tokenizer.pad_token_id))
@@ -92,7 +89,6 @@ def test_logps_match_naive_with_the_real_gpt2_tokenizer():
                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2)).eval()
     f = Formatter(tokenizer, max_length=40, max_prompt_length=16)
     prompt = "Human: what is the capital of France?\n\nAssistant:"
-    p = f.prompt_ids(prompt)
-    examples = [[(p, f.completion_ids(prompt, " Paris, of course.", len(p)), CHOSEN),
-                 (p, f.completion_ids(prompt, " I do not know, sorry about that, it is hard.", len(p)), REJECTED)]]
+    p, (chosen, rejected) = f.encode(prompt, [" Paris, of course.", " I do not know, sorry about that, it is hard."])
+    examples = [[(p, chosen, CHOSEN), (p, rejected, REJECTED)]]
     check_against_naive(model, examples, tokenizer.pad_token_id)

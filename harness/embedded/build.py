@@ -26,7 +26,7 @@ from ..config import TaskConfig
 from ..trainer import TrainState
 from .task import VOCAB, ReviewTask
 
-TASK_VERSION = 4  # bump when the task or the model recipe changes: it is part of the cache key
+TASK_VERSION = 5  # bump when the task or the model recipe changes: it is part of the cache key
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=4, max_position_embeddings=128)
@@ -59,12 +59,15 @@ class EmbeddedAssets:
 
 
 def build_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate(SPECIALS + VOCAB)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # Words and punctuation split apart, so the prompt and its response tokenise the same way alone or joined
+    # (Formatter tokenises prompt + response as one string, as TRL does); BOS in front, as Llama's tokenizer does.
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<bos>",
                                    eos_token="<eos>", unk_token="<unk>")
 
@@ -88,8 +91,8 @@ def train_sft(model, tokenizer, rows: list[dict], steps: int, seed: int) -> Trai
     formatter = Formatter(tokenizer, max_length=96, max_prompt_length=16)
     sequences = []
     for row in rows:
-        prompt = formatter.prompt_ids(row["prompt"])
-        sequences.append([(prompt, formatter.completion_ids(row["prompt"], row["response"], len(prompt)), 0)])
+        prompt, (response,) = formatter.encode(row["prompt"], [row["response"]])
+        sequences.append([(prompt, response, 0)])
     sampler = torch.utils.data.RandomSampler(sequences, replacement=True, num_samples=steps * SFT_BATCH,
                                              generator=torch.Generator().manual_seed(seed))
     loader = torch.utils.data.DataLoader(sequences, batch_size=SFT_BATCH, sampler=sampler,

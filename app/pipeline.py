@@ -6,6 +6,7 @@ against the SFT model, write the run record.
 
 from __future__ import annotations
 
+import math
 import time
 import traceback
 import warnings
@@ -17,7 +18,7 @@ import torch
 from evals.evaluate import (decode_completions, evaluate, judge_agreement, preference_accuracy, preference_ceiling,
                             sft_side)
 from evals.judge import proxy_reward_model
-from harness.cache import cached_dir, key_of
+from harness.cache import RowCache, key_of
 from harness.config import RunConfig, apply_overrides
 from harness.data import prepare_examples
 from harness.errors import BadInput
@@ -27,7 +28,7 @@ from harness.online import train_online
 from harness.record import RunRecord, hardware, versions
 from harness.reference import Reference
 from harness.tracking import Tracker
-from harness.trainer import train_policy
+from harness.trainer import consumed_examples, train_policy
 
 from .context import RunContext
 
@@ -35,26 +36,29 @@ VAL_METRICS = ("win_rate", "win_rate_low", "win_rate_high", "gold_win_rate", "go
                "num_prompts")
 
 
-def cached_reference(reference: Reference, prepared, pad_token_id: int, cache_dir: str) -> tuple[list[list[float]], bool]:
-    """Reference log-probs of every training sequence: one pass of the SFT weights, content-addressed on disk."""
-    from safetensors.torch import load_file, save_file
-
+def cached_reference(reference: Reference, prepared, pad_token_id: int, cache_dir: str,
+                     needed: list[int] | None = None) -> tuple[list[list[float]], int]:
+    """Reference log-probs of the training sequences of the examples `needed` (None: every example), from
+    the per-sequence cache (RowCache: keyed by the SFT weights, dtype and torch version, then by each
+    sequence's token ids); the missing ones are computed now, in one length-sorted pass. Examples not
+    needed get NaN (collate_items refuses a batch holding one). Returns the values and how many sequences
+    were computed now."""
     dtype = str(next(reference.model.parameters()).dtype)
-    key = key_of("reference-logps", reference.fingerprint, prepared.fingerprint, dtype, torch.__version__)
+    cache = RowCache(cache_dir, "reference-logps", key_of("reference-logps", reference.fingerprint, dtype, torch.__version__))
+    needed = list(range(len(prepared.examples))) if needed is None else needed
+    rows = [(prompt, completion) for i in needed for prompt, completion, _ in prepared.examples[i]]
 
-    def build(out: Path) -> None:
-        values = reference.sequence_logps(prepared.examples, pad_token_id, desc="reference log-probs")
-        save_file({"values": torch.tensor([v for vs in values for v in vs], dtype=torch.float32),
-                   "lengths": torch.tensor([len(vs) for vs in values])}, str(out / "reference.safetensors"))
+    def compute(missing: list[int]) -> list[float]:
+        as_examples = [[(*rows[i], 0)] for i in missing]
+        return [v for vs in reference.sequence_logps(as_examples, pad_token_id, desc="reference log-probs") for v in vs]
 
-    folder, hit = cached_dir(cache_dir, "reference-logps", key, build)
-    stored = load_file(str(folder / "reference.safetensors"))
-    flat, lengths = stored["values"].tolist(), stored["lengths"].tolist()
-    values, start = [], 0
-    for n in lengths:
-        values.append(flat[start:start + n])
-        start += n
-    return values, hit
+    flat, computed = cache.fill(rows, compute)
+    values = [[math.nan] * len(example) for example in prepared.examples]
+    position = 0
+    for i in needed:
+        values[i] = flat[position: position + len(values[i])]
+        position += len(values[i])
+    return values, computed
 
 
 def _trained_dtype(model) -> str:
@@ -114,7 +118,7 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
     tracker = Tracker(output_dir, cfg.wandb, name=record.trial_id, group=spec or cfg.name, job_type=method.name,
                       config=cfg.resolved(), enabled=accelerator.is_main_process)
     try:
-        reference_hit, reference_tokens = None, 0
+        reference_hit, reference_tokens, reference_computed = None, 0, 0
         if online:
             score = lambda texts, completions: reward_model.score(texts, decode_completions(tokenizer, completions))  # noqa: E731
             state = train_online(accelerator, model, method, prompts, score, ctx.reference_beside(model), tokenizer,
@@ -122,9 +126,13 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
         else:
             reference = None
             if not method.reference_free:
-                reference, reference_hit = cached_reference(Reference.untrained(model, ctx.sft_fingerprint), prepared,
-                                                            tokenizer.pad_token_id, cfg.cache_dir)
-                reference_tokens = prepared.num_tokens  # its cost, whether this run or an earlier one paid it
+                needed = consumed_examples(len(prepared.examples), cfg.train, accelerator.num_processes)
+                reference, reference_computed = cached_reference(Reference.untrained(model, ctx.sft_fingerprint),
+                                                                 prepared, tokenizer.pad_token_id, cfg.cache_dir, needed)
+                reference_hit = reference_computed == 0
+                used = range(len(prepared.examples)) if needed is None else needed
+                # its cost, whether this run or an earlier one paid it
+                reference_tokens = sum(len(p) + len(c) for i in used for p, c, _ in prepared.examples[i])
             state = train_policy(accelerator, model, method, prepared.examples, reference, tokenizer.pad_token_id,
                                  cfg.train, output_dir, tracker.log)
         policy = accelerator.unwrap_model(model)
@@ -150,6 +158,8 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
             # and a sampled token with the KV cache about one.
             "compute_tokens": 3 * state.tokens + forwarded + state.tokens_generated,
             "reference_cache_hit": reference_hit,
+            # Sequences whose reference log-probs this run computed (the rest came from the cache).
+            "reference_sequences_computed": reference_computed,
             # What precision training ran in: the trained weights' dtype and accelerate's autocast.
             "precision": f"{_trained_dtype(policy)} weights, {accelerator.mixed_precision} autocast",
             # Processes of the launch, and examples per optimizer step over all of them.
@@ -187,7 +197,7 @@ def prepare(config: RunConfig | dict) -> dict[str, Any]:
                                                                       cfg.cache_dir, cfg.online.proxy_steps)[1]
     elif not ctx.method.reference_free:
         prepared = prepare_examples(task.rows, ctx.formatter, ctx.method.consumes, cfg.data.seed)
-        done["reference_cache_hit"] = cached_reference(sft, prepared, ctx.tokenizer.pad_token_id, cfg.cache_dir)[1]
+        done["reference_cache_hit"] = cached_reference(sft, prepared, ctx.tokenizer.pad_token_id, cfg.cache_dir)[1] == 0
     for split, prompts in (("eval", task.eval_prompts), ("val", task.val_prompts)):
         if prompts and ctx.scorers:
             done[f"sft_{split}_cache_hit"] = sft_side(sft, ctx.tokenizer, ctx.prompts(prompts), cfg.eval, ctx.scorers,

@@ -1,8 +1,13 @@
 """Per-sequence log-probabilities: the one quantity every offline method's loss is built from.
 
 One forward over the concatenated batch (chosen, rejected and, for KTO, mismatched rows) gives, per
-sequence, the summed log-probs of its completion tokens and of its prompt tokens. Prompt tokens and
-padding never count towards the completion sum.
+sequence, the summed log-probs of its completion tokens (and, when asked, of its prompt tokens). Prompt
+tokens and padding never count towards the completion sum.
+
+The LM head runs only where a log-prob is used: the backbone's hidden states at the selected positions are
+gathered and projected to the vocabulary LOGITS_CHUNK positions at a time, so no (batch, length, vocab)
+float32 logits tensor is ever built. With a 50k vocabulary the head is most of a small model's compute,
+and prompt and padding positions are often half the batch.
 """
 
 from __future__ import annotations
@@ -65,6 +70,9 @@ class LossOutput:
     metrics: dict[str, torch.Tensor | float] = field(default_factory=dict)
 
 
+LOGITS_CHUNK = 2048  # positions projected to the vocabulary at once: peak logits memory is chunk x vocab floats
+
+
 def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """log p(token_t | tokens_<t) for t >= 1, shape (batch, length - 1), in float32 or wider."""
     return logps_of_tokens(model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits, input_ids)
@@ -79,12 +87,55 @@ def logps_of_tokens(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tens
     return logits.gather(-1, targets).squeeze(-1) - logits.logsumexp(-1)
 
 
-def summed_logps(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed completion and prompt log-probs per row of a collated batch."""
-    per_token = token_logps(model, batch["input_ids"], batch["attention_mask"])
-    completion = batch["completion_mask"][:, 1:].to(per_token.dtype)
-    prompt = batch["prompt_mask"][:, 1:].to(per_token.dtype)
-    return (per_token * completion).sum(-1), (per_token * prompt).sum(-1)
+def _output_head(model):
+    """The LM head to project hidden states with, or None where the model's forward does more to its logits
+    than the head (soft-capping, scaling): those models take the full-logits path."""
+    inner = model.module if hasattr(model, "module") else model  # DDP / accelerate wrappers
+    config = getattr(inner, "config", None)
+    if config is None or getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    return head if isinstance(head, torch.nn.Module) else None
+
+
+def selected_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """log p(token_t | tokens_<t) at the positions t >= 1 where `select` (batch, length - 1) is True, flat in
+    row-major order. The model's forward runs as usual (through any DDP/peft wrapper, so gradients sync),
+    with its LM head fed no positions; the head then projects only the selected hidden states, in chunks."""
+    head = _output_head(model)
+    if head is None:
+        return token_logps(model, input_ids, attention_mask)[select]
+    captured = []
+
+    def keep_hidden(module, args):
+        captured.append(args[0])
+        return (args[0][:, :0],)  # the forward's own head call computes nothing
+
+    handle = head.register_forward_pre_hook(keep_hidden)
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    finally:
+        handle.remove()
+    hidden = captured[0][:, :-1][select]
+    targets = input_ids[:, 1:][select]
+    out = []
+    for hidden_chunk, target_chunk in zip(hidden.split(LOGITS_CHUNK), targets.split(LOGITS_CHUNK)):
+        logits = head(hidden_chunk)
+        logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+        out.append(logits.gather(-1, target_chunk.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(-1))
+    return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def summed_logps(model, batch: dict[str, torch.Tensor], with_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Summed completion log-probs per row of a collated batch, and summed prompt log-probs (None unless
+    `with_prompt`: the prompt positions then go through the LM head too)."""
+    completion = batch["completion_mask"][:, 1:]
+    prompt = batch["prompt_mask"][:, 1:]
+    select = completion | prompt if with_prompt else completion
+    values = selected_logps(model, batch["input_ids"], batch["attention_mask"], select)
+    per_token = torch.zeros(select.shape, dtype=values.dtype, device=values.device).masked_scatter(select, values)
+    completion_sum = (per_token * completion).sum(-1)
+    return completion_sum, (per_token * prompt).sum(-1) if with_prompt else None
 
 
 def split_by_role(completion: torch.Tensor, prompt: torch.Tensor | None, batch: dict[str, torch.Tensor]) -> SequenceLogps:
@@ -106,8 +157,9 @@ def split_by_role(completion: torch.Tensor, prompt: torch.Tensor | None, batch: 
     )
 
 
-def policy_logps(model, batch: dict[str, torch.Tensor]) -> SequenceLogps:
-    completion, prompt = summed_logps(model, batch)
+def policy_logps(model, batch: dict[str, torch.Tensor], with_prompt: bool = False) -> SequenceLogps:
+    """The policy's side of the method contract; prompt log-probs only for a method that reads them."""
+    completion, prompt = summed_logps(model, batch, with_prompt)
     return split_by_role(completion, prompt, batch)
 
 

@@ -43,7 +43,11 @@ class ExampleDataset(torch.utils.data.Dataset):
 def collate_items(items, pad_token_id: int):
     examples = [example for example, _ in items]
     reference = None if items[0][1] is None else [values for _, values in items]
-    return collate(examples, reference, pad_token_id)
+    batch = collate(examples, reference, pad_token_id)
+    # Rows outside consumed_examples carry NaN; a loader may collate a batch ahead that is never trained on,
+    # so the check happens where a batch is used (train_policy), on this flag: no device sync.
+    batch["reference_missing"] = reference is not None and any(math.isnan(v) for values in reference for v in values)
+    return batch
 
 
 def make_loader(examples, reference, batch_size: int, pad_token_id: int, shuffle: bool, seed: int = 0):
@@ -52,21 +56,45 @@ def make_loader(examples, reference, batch_size: int, pad_token_id: int, shuffle
         generator=torch.Generator().manual_seed(seed), collate_fn=partial(collate_items, pad_token_id=pad_token_id))
 
 
+def consumed_examples(num_examples: int, cfg: TrainConfig, num_processes: int) -> list[int] | None:
+    """Indices of the examples `train_policy` draws in its cfg.max_steps optimizer steps, or None for all of
+    them: a run shorter than an epoch needs reference log-probs for those rows only. Multi-process runs
+    (accelerate shards the batches) take every row. The order is replayed with the sampler the run's
+    Accelerator uses (use_seedable_sampler, data_seed=train.seed: epoch 0 is a permutation seeded with the
+    seed); a batch holding a row this missed stops the run (train_policy), never trains on a wrong value."""
+    from accelerate.data_loader import SeedableRandomSampler
+
+    micro_batches = cfg.max_steps * cfg.gradient_accumulation_steps * num_processes
+    if num_processes > 1 or micro_batches >= math.ceil(num_examples / cfg.batch_size):
+        return None
+    order = list(SeedableRandomSampler(range(num_examples), data_seed=cfg.seed))
+    return sorted(order[: micro_batches * cfg.batch_size])
+
+
 @torch.no_grad()
 def sequence_logps_of(model, examples, pad_token_id: int, batch_size: int = 64, desc: str = "log-probs") -> list[list[float]]:
-    """Summed completion log-probs of every sequence of every example, in example order (one pass, eval mode)."""
+    """Summed completion log-probs of every sequence of every example, in example order (eval mode).
+
+    A batch holds only examples of one length (their longest sequence), taken in length order: no padding
+    beyond what an example's own sequences need, and a single-sequence example's value depends on its own
+    tokens only, never on which rows shared its batch (the padded length changes the float rounding), so
+    values cached per row are the same whichever run computed them."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    values: list[list[float]] = []
-    loader = make_loader(examples, None, batch_size, pad_token_id, shuffle=False)
-    for batch in tqdm(loader, desc=desc, leave=False):
-        completion, _ = summed_logps(model, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
+    length = lambda i: max(len(p) + len(c) for p, c, _ in examples[i])  # noqa: E731
+    batches = []
+    for _, same_length in itertools.groupby(sorted(range(len(examples)), key=length), key=length):
+        same_length = list(same_length)
+        batches += [same_length[start:start + batch_size] for start in range(0, len(same_length), batch_size)]
+    values: list[list[float]] = [[] for _ in examples]
+    for indices in tqdm(batches, desc=desc, leave=False):
+        batch = collate([examples[i] for i in indices], None, pad_token_id)
+        completion, _ = summed_logps(model, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)},
+                                     with_prompt=False)
         flat = completion.tolist()
-        while flat:  # the loader keeps example order; each example owns its next len(example) rows
-            width = len(examples[len(values)])
-            values.append(flat[:width])
-            flat = flat[width:]
+        for i in indices:  # collate keeps example order; each example owns its next len(example) rows
+            values[i], flat = flat[:len(examples[i])], flat[len(examples[i]):]
     model.train(was_training)
     return values
 
@@ -244,7 +272,10 @@ def train_policy(accelerator, model, method, examples, reference, pad_token_id: 
     optimizer, scheduler = policy_optimizer(model, cfg, accelerator.num_processes)
 
     def step_loss(model, batch) -> LossOutput:
-        policy = policy_logps(model, batch)
+        if batch.get("reference_missing"):
+            raise RuntimeError("a batch holds a row whose reference log-probs were not computed: "
+                               "consumed_examples did not predict the rows this run draws")
+        policy = policy_logps(model, batch, with_prompt=method.reads_prompt_logps)
         return method.loss(policy, None if method.reference_free else reference_logps(batch))
 
     return train_loop(model, step_loss, loader, optimizer, scheduler, max_steps=cfg.max_steps,

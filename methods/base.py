@@ -31,6 +31,8 @@ class Method:
     # What the backend must provide (harness.logps: PAIRS, ROWS, MISMATCHED_ROWS, ROLLOUTS, VALUES), nothing more.
     consumes: ClassVar[frozenset[str]] = frozenset({PAIRS})
     reference_free: ClassVar[bool] = False  # True: the backend skips the reference pass entirely
+    # True: the loss reads policy.chosen_prompt (the backend then runs the LM head on prompt tokens too).
+    reads_prompt_logps: bool = False
     # Read by the backend, derived from `consumes` (never set by hand): pairs or unpaired rows; offline
     # (fixed preference data) or online (its own rollouts).
     paired: ClassVar[bool] = True

@@ -30,6 +30,10 @@ class ORPO(Method):
                                validation_alias=AliasChoices("lambda", "lambda_", "beta"), serialization_alias="lambda")
         nll_on_prompt: bool = Field(False, description="count prompt tokens in the NLL term, as TRL 1.16 does")
 
+    @property
+    def reads_prompt_logps(self) -> bool:
+        return self.params.nll_on_prompt
+
     def implicit_reward(self, logps, reference, tokens):
         return logps / tokens  # average log-prob: the reward of a reference-free method
 

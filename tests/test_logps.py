@@ -5,7 +5,8 @@ import torch
 
 from harness.data import Formatter, collate
 from harness.embedded.build import build_base_model, build_tokenizer
-from harness.logps import CHOSEN, MISMATCHED, REJECTED, policy_logps
+import harness.logps
+from harness.logps import CHOSEN, MISMATCHED, REJECTED, policy_logps, selected_logps, token_logps
 
 from .conftest import shared_path
 
@@ -20,7 +21,7 @@ def naive_completion_logp(model, prompt, completion):
 def check_against_naive(model, examples, pad):
     batch = collate(examples, None, pad)
     with torch.no_grad():
-        got = policy_logps(model, batch)
+        got = policy_logps(model, batch, with_prompt=True)
     flat = [seq for example in examples for seq in example]
     for role, values, counts in ((CHOSEN, got.chosen, got.chosen_tokens), (REJECTED, got.rejected, got.rejected_tokens)):
         sequences = [(p, c) for p, c, r in flat if r == role]
@@ -92,3 +93,54 @@ def test_logps_match_naive_with_the_real_gpt2_tokenizer():
     p, (chosen, rejected) = f.encode(prompt, [" Paris, of course.", " I do not know, sorry about that, it is hard."])
     examples = [[(p, chosen, CHOSEN), (p, rejected, REJECTED)]]
     check_against_naive(model, examples, tokenizer.pad_token_id)
+
+
+def _random_batch(model, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, model.config.vocab_size, (6, 20), generator=generator)
+    attention = torch.ones_like(ids)
+    attention[2, 15:] = 0  # padding
+    select = torch.rand(6, 19, generator=generator) > 0.4
+    select &= attention[:, 1:].bool()
+    return ids, attention, select
+
+
+@pytest.mark.parametrize("chunk", [3, 2048])
+def test_head_on_selected_positions_equals_full_logits_with_gradients(monkeypatch, chunk):
+    """The LM head on gathered positions, in chunks, gives the full-logits values and the same gradients."""
+    monkeypatch.setattr(harness.logps, "LOGITS_CHUNK", chunk)
+    tokenizer = build_tokenizer()
+    model = build_base_model(tokenizer, seed=3)
+    ids, attention, select = _random_batch(model)
+    full = token_logps(model, ids, attention)[select]
+    full.sum().backward()
+    want = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    got = selected_logps(model, ids, attention, select)
+    got.sum().backward()
+    assert torch.allclose(got, full, atol=1e-5)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, want[name], atol=1e-5), name
+
+
+def test_head_on_selected_positions_through_a_lora_wrapper():
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = build_tokenizer()
+    model = get_peft_model(build_base_model(tokenizer, seed=4),
+                           LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False))
+    ids, attention, select = _random_batch(model, seed=1)
+    assert harness.logps._output_head(model) is not None  # the gathered-positions path, through the wrapper
+    with torch.no_grad():
+        assert torch.allclose(selected_logps(model, ids, attention, select), token_logps(model, ids, attention)[select],
+                              atol=1e-5)
+
+
+def test_a_model_that_post_processes_its_logits_takes_the_full_path():
+    tokenizer = build_tokenizer()
+    model = build_base_model(tokenizer, seed=5)
+    model.config.final_logit_softcapping = 30.0  # the head alone would miss what the forward does after it
+    assert harness.logps._output_head(model) is None
+    ids, attention, select = _random_batch(model, seed=2)
+    with torch.no_grad():
+        assert torch.equal(selected_logps(model, ids, attention, select), token_logps(model, ids, attention)[select])

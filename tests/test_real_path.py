@@ -9,8 +9,6 @@ eval split, a reward model judge, the record. Skips when ../shared is absent.
 
 import json
 
-import pytest
-
 from .conftest import run_cli, shared_path
 
 CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
@@ -68,3 +66,24 @@ def test_train_and_eval_on_ultrafeedback_with_local_models(tmp_path):
     assert "empty_completions" in dataset and dataset["eval_prompts"] == 16
     assert metrics["num_prompts"] == 16 and 0.0 <= metrics["win_rate"] <= 1.0 and metrics["train_steps"] == 4
     assert metrics["judge"].startswith("rm:judge") and len(record["outcomes"]["test"]["judge"]) == 16
+
+
+def test_hh_rlhf_file_trains_under_default_settings(tmp_path):
+    """The raw HH sample file (plain-text dialogues, 4 empty replies) trains as it is: no skip_invalid."""
+    from transformers import GPT2TokenizerFast
+
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(shared_path("data", "tokenizers", "gpt2")))
+    tokenizer.pad_token = tokenizer.eos_token
+    _save_models(tmp_path, tokenizer)
+    out = tmp_path / "run"
+    result = run_cli("train", f"model.path={tmp_path / 'sft'}",
+                     f"data.source={shared_path('data', 'hh-rlhf', 'harmless-base-test.sample.jsonl')}",
+                     "data.max_length=96", "data.max_prompt_length=64", "train.max_steps=2", "train.batch_size=4",
+                     "train.save_steps=0", f"eval.judge={tmp_path / 'judge'}", "eval.num_prompts=8",
+                     "eval.max_new_tokens=4", "wandb.mode=disabled", f"output_dir={out}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "completed" and record["dataset"]["rows_read"] == 2000
+    assert record["dataset"]["skipped_invalid"] == 0 and record["dataset"]["split_at_common_prefix"] == 3
+    assert record["dataset"]["train_examples"] == 2000 - 8  # every row but the held-out prompts
+    assert record["dataset"]["empty_completions"] >= 3  # (one of the 4 empty replies may sit in a held-out row)

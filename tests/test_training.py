@@ -116,3 +116,47 @@ def test_default_precision_keeps_fp32_master_weights_so_small_steps_train():
 def test_record_states_the_precision(tmp_path, embedded):
     record = harness.train(load_config(None, quick_overrides(tmp_path, **{"train.max_steps": 1, "eval.num_prompts": 0})))
     assert record.metrics["precision"] == "float32 weights, no autocast"  # CPU: fp32, no autocast
+
+
+def test_reference_logps_are_computed_for_the_rows_a_run_draws_and_kept_per_row(tmp_path, embedded):
+    """A run shorter than an epoch computes reference log-probs for the rows it draws only; a later run
+    (another seed) computes only the rows no earlier run did; every value equals a from-scratch pass."""
+    import methods
+    from app.pipeline import cached_reference
+    from harness.config import TrainConfig
+    from harness.data import Formatter, prepare_examples
+    from harness.embedded.build import build_tokenizer
+    from harness.models import fingerprint, load_causal_lm
+    from harness.config import ModelConfig
+    from harness.reference import Reference
+    from harness.trainer import consumed_examples, sequence_logps_of
+
+    tokenizer = build_tokenizer()
+    prepared = prepare_examples(embedded.train_pairs[:200], Formatter(tokenizer, 64, 32), methods.get("dpo").consumes)
+    reference = Reference(load_causal_lm(embedded.sft_path, ModelConfig()), fingerprint(embedded.sft_path))
+    cache = str(tmp_path / "cache")
+    first = consumed_examples(200, TrainConfig(max_steps=3, batch_size=8, seed=0), num_processes=1)
+    second = consumed_examples(200, TrainConfig(max_steps=3, batch_size=8, seed=1), num_processes=1)
+    assert len(first) == len(second) == 24 and first != second
+    assert consumed_examples(200, TrainConfig(max_steps=25, batch_size=8), num_processes=1) is None  # a whole epoch
+
+    values, computed = cached_reference(reference, prepared, tokenizer.pad_token_id, cache, first)
+    assert computed == 2 * 24 and all(math.isnan(v) for i in set(range(200)) - set(first) for v in values[i])
+    new_rows = {(tuple(p), tuple(c)) for i in set(second) - set(first) for p, c, _ in prepared.examples[i]}
+    again, computed = cached_reference(reference, prepared, tokenizer.pad_token_id, cache, second)
+    assert computed == len(new_rows) < 2 * 24  # the overlap came from the cache
+    whole, computed = cached_reference(reference, prepared, tokenizer.pad_token_id, cache)
+    assert computed == 2 * 200 - 2 * len(set(first) | set(second))
+    # from scratch, each sequence alone, in one fresh pass: the values do not depend on which rows shared a batch
+    alone = sequence_logps_of(reference.model, [[seq] for ex in prepared.examples for seq in ex], tokenizer.pad_token_id)
+    as_stored = torch.tensor(alone, dtype=torch.float32).view(200, 2).tolist()  # the cache keeps float32
+    assert whole == as_stored and all(again[i] == as_stored[i] for i in second) and all(values[i] == as_stored[i] for i in first)
+
+
+def test_a_short_run_with_gradient_accumulation_draws_only_predicted_rows(tmp_path, embedded):
+    record = harness.train(load_config(None, quick_overrides(tmp_path, **{
+        "train.max_steps": 2, "train.batch_size": 4, "train.gradient_accumulation_steps": 3, "train.seed": 7,
+        "eval.num_prompts": 0})))
+    assert record.status == "completed" and record.metrics["train_steps"] == 2
+    assert record.metrics["reference_sequences_computed"] <= 2 * 2 * 3 * 4  # a training batch with a row outside
+    # the prediction stops the run (train_policy), so completing proves the rows drawn were the ones computed

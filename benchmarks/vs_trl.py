@@ -66,7 +66,7 @@ def build_assets(root: Path, size: str, n_train: int) -> dict:
     LlamaForSequenceClassification(LlamaConfig(num_labels=1, **shape)).save_pretrained(root / "judge")
     tokenizer.save_pretrained(root / "judge")
 
-    reviews = [json.loads(line) for line in imdb.read_text().splitlines()]
+    reviews = [json.loads(line) for line in imdb.read_text().split("\n") if line.strip()]
     positive = [r["text"].split() for r in reviews if r["label"] == 1]
     negative = [r["text"].split() for r in reviews if r["label"] == 0]
     rng = random.Random(0)
@@ -122,7 +122,13 @@ def timed(command: list[str], env: dict | None = None) -> dict:
         peak_kb = stats.read().strip().splitlines()[-1]
     if result.returncode != 0:
         sys.exit(f"vs_trl.py: {' '.join(command[:4])} ... failed:\n{result.stderr[-3000:]}")
-    reported = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    reported = []
+    for line in result.stdout.splitlines():
+        try:
+            reported.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # library logging, e.g. TRL's printed dicts
+    reported = [r for r in reported if isinstance(r, dict)]
     return {"wall_s": seconds, "peak_rss_mb": int(peak_kb) / 1024 if peak_kb.isdigit() else None,
             **(reported[-1] if reported else {})}
 
@@ -217,8 +223,6 @@ def memory_child(root: Path, what: str, device: str) -> None:
     """Peak RSS growth of one reference pass over every pair (at the harness's reference batch size), or of
     one training step, in a process that did nothing else (ru_maxrss is a high-water mark)."""
     import resource
-
-    import torch
 
     import methods
     from harness.config import load_config
@@ -320,7 +324,7 @@ def main() -> None:
               f"({row['wall_ratio_range'][0]:.2f}-{row['wall_ratio_range'][1]:.2f})  {row['harness_train_s']:>11.1f} s "
               f"{row['trl_train_s']:>8.1f} s  {row['train_ratio']:>4.2f}x  {row['harness_pairs_per_s']:.1f}/"
               f"{row['trl_pairs_per_s']:.1f}")
-    print(f"peak RSS (whole process, MB): " + ", ".join(
+    print("peak RSS (whole process, MB): " + ", ".join(
         f"{r['shape']} harness {r['harness_peak_rss_mb']:.0f} / TRL {r['trl_peak_rss_mb']:.0f}" for r in rows))
     if epoch:
         step_s = epoch["harness_train_s"] / steps["epoch"]

@@ -126,7 +126,7 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
         else:
             reference = None
             if not method.reference_free:
-                needed = consumed_examples(len(prepared.examples), cfg.train, accelerator.num_processes)
+                needed = consumed_examples(prepared.examples, cfg.train, accelerator.num_processes)
                 reference, reference_computed = cached_reference(Reference.untrained(model, ctx.sft_fingerprint),
                                                                  prepared, tokenizer.pad_token_id, cfg.cache_dir, needed)
                 reference_hit = reference_computed == 0

@@ -159,12 +159,14 @@ def harness_sweep(root: Path, out: Path, steps: int, device: str) -> dict:
         section, name = key.split(".", 1)
         base.setdefault(section, {})[name] = value
     spec = {"name": "vs_trl_sweep", "base": base, "grid": {"method.beta": list(BETAS)},
-            "resources": {"cpu": 1, "gpu": 1 if device == "cuda" else 0}, "max_concurrent": 1}
+            "resources": {"cpu": 1, "gpu": 1 if device == "cuda" else 0},
+            # on CPU, one single-threaded trial per core (what the shipped specs do); on a GPU, one at a time
+            "max_concurrent": 1 if device == "cuda" else min(os.cpu_count() or 1, len(BETAS)),
+            "storage_path": str(out / "sweep")}
     path = out / "sweep.yaml"
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec))
-    result = timed([sys.executable, "-m", "harness", "sweep", str(path), "--output-dir", str(out / "sweep")],
-                   env={"HARNESS_CACHE_DIR": str(out / "cache")})
+    result = timed([sys.executable, "-m", "harness", "sweep", str(path)], env={"HARNESS_CACHE_DIR": str(out / "cache")})
     records = [json.loads(p.read_text()) for p in (out / "sweep").rglob("record.json")]
     return {**result, "train_s": sum(r["metrics"]["train_time_s"] for r in records), "trials": len(records)}
 
@@ -250,6 +252,51 @@ def memory_child(root: Path, what: str, device: str) -> None:
     print(json.dumps({"what": what, "peak_growth_mb": grown / 1024}))
 
 
+# ---------------------------------------------------------------- padding saved by length-grouped batches
+
+def padding_report(root: Path) -> dict:
+    """Share of padding in the tokens each pass forwards: training batches of 8 pairs drawn at random (the
+    default) or length-grouped (train.group_by_length), and the reference pass over single sequences in
+    batches of 64 in file order or in same-length batches (what sequence_logps_of does)."""
+    import itertools
+
+    from accelerate.data_loader import SeedableRandomSampler
+
+    import methods
+    from harness.config import load_config
+    from harness.data import Formatter, prepare_examples
+    from harness.models import load_tokenizer
+    from harness.sources import load_task
+    from harness.trainer import example_lengths, length_grouped
+
+    cfg = load_config(None, harness_overrides(root, "cpu", 0.1, evaluate=False))
+    tokenizer = load_tokenizer(cfg.model.path, cfg.model)
+    examples = prepare_examples(load_task(cfg).rows, Formatter(tokenizer, MAX_LENGTH, MAX_PROMPT_LENGTH),
+                                methods.get("dpo").consumes).examples
+    pair_lengths = [[len(p) + len(c) for p, c, _ in example] for example in examples]
+    sequence_lengths = [length for pair in pair_lengths for length in pair]
+
+    def padding(batches: list[list[list[int]]]) -> float:  # batches of rows' sequence lengths
+        real = sum(sum(sum(row) for row in batch) for batch in batches)
+        padded = sum(max(max(row) for row in batch) * sum(len(row) for row in batch) for batch in batches)
+        return 1 - real / padded
+
+    def in_batches(order: list[int], lengths: list[list[int]], size: int) -> list[list[list[int]]]:
+        return [[lengths[i] for i in order[start:start + size]] for start in range(0, len(order), size)]
+
+    singles = [[length] for length in sequence_lengths]
+    by_length = sorted(range(len(singles)), key=lambda i: sequence_lengths[i])
+    same_length = [[singles[i] for i in group[start:start + 64]]
+                   for _, group in ((k, list(g)) for k, g in itertools.groupby(by_length, key=lambda i: sequence_lengths[i]))
+                   for start in range(0, len(group), 64)]
+    return {
+        "train_random": padding(in_batches(list(SeedableRandomSampler(range(len(examples)), data_seed=0)), pair_lengths, BATCH)),
+        "train_grouped": padding(in_batches(list(length_grouped(example_lengths(examples), BATCH, 0)), pair_lengths, BATCH)),
+        "reference_file_order": padding(in_batches(list(range(len(singles))), singles, 64)),
+        "reference_same_length": padding(same_length),
+    }
+
+
 # ---------------------------------------------------------------- the comparison
 
 def summarise(name: str, harness: list[dict], trl: list[dict], steps: int, pairs_per_run: int) -> dict:
@@ -332,6 +379,10 @@ def main() -> None:
         print(f"harness step {step_s:.3f} s; matmul peak {peak:.0f} GFLOP/s puts a full-logits step (6 x params x "
               f"tokens) at {floor:.3f} s: {step_s / floor:.2f}x the floor")
     print(f"reference pass peak growth {memory['reference']:.0f} MB vs one training step {memory['step']:.0f} MB")
+    pad = padding_report(root)
+    print(f"padding share of forwarded tokens: training batches {pad['train_random']:.0%} at random, "
+          f"{pad['train_grouped']:.0%} with train.group_by_length; reference pass {pad['reference_file_order']:.0%} "
+          f"in file order, {pad['reference_same_length']:.0%} in same-length batches")
     if not keep:
         import shutil
 

@@ -87,6 +87,9 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = 0
+    group_by_length: bool = Field(False, description="batch examples of similar length together (transformers' "
+                                  "LengthGroupedSampler: shuffled mega-batches of 50 batches, each sorted by length); "
+                                  "less padding, batches less random")
     save_steps: int = Field(50, ge=0, description="checkpoint every N steps (0 = only at the end); online methods "
                             "round N up to a whole number of rollout batches")
     resume: bool = Field(True, description="resume from the last checkpoint in output_dir when there is one")
@@ -163,8 +166,11 @@ class RunConfig(_Strict):
         tree.pop("wandb")
         if tree["online"] is None:
             tree.pop("online")
-        if not tree["data"]["columns"]:  # no renaming: hashes as before the field existed
+        # Fields added with a default that reproduces earlier behaviour hash as before they existed.
+        if not tree["data"]["columns"]:
             tree["data"].pop("columns")
+        if not tree["train"]["group_by_length"]:
+            tree["train"].pop("group_by_length")
         return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -50,24 +50,41 @@ def collate_items(items, pad_token_id: int):
     return batch
 
 
-def make_loader(examples, reference, batch_size: int, pad_token_id: int, shuffle: bool, seed: int = 0):
+def example_lengths(examples) -> list[int]:
+    return [max(len(p) + len(c) for p, c, _ in example) for example in examples]
+
+
+def length_grouped(lengths: list[int], batch_size: int, seed: int):
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    return LengthGroupedSampler(batch_size, lengths=lengths, generator=torch.Generator().manual_seed(seed))
+
+
+def make_loader(examples, reference, batch_size: int, pad_token_id: int, shuffle: bool, seed: int = 0,
+                group_by_length: bool = False):
+    grouped = length_grouped(example_lengths(examples), batch_size, seed) if shuffle and group_by_length else None
     return torch.utils.data.DataLoader(
-        ExampleDataset(examples, reference), batch_size=batch_size, shuffle=shuffle,
-        generator=torch.Generator().manual_seed(seed), collate_fn=partial(collate_items, pad_token_id=pad_token_id))
+        ExampleDataset(examples, reference), batch_size=batch_size, shuffle=shuffle and grouped is None,
+        sampler=grouped, generator=torch.Generator().manual_seed(seed),
+        collate_fn=partial(collate_items, pad_token_id=pad_token_id))
 
 
-def consumed_examples(num_examples: int, cfg: TrainConfig, num_processes: int) -> list[int] | None:
+def consumed_examples(examples, cfg: TrainConfig, num_processes: int) -> list[int] | None:
     """Indices of the examples `train_policy` draws in its cfg.max_steps optimizer steps, or None for all of
     them: a run shorter than an epoch needs reference log-probs for those rows only. Multi-process runs
-    (accelerate shards the batches) take every row. The order is replayed with the sampler the run's
-    Accelerator uses (use_seedable_sampler, data_seed=train.seed: epoch 0 is a permutation seeded with the
-    seed); a batch holding a row this missed stops the run (train_policy), never trains on a wrong value."""
+    (accelerate shards the batches) take every row. The order is replayed with the sampler the run uses:
+    the length-grouped one from its seed, else the one the run's Accelerator puts in (use_seedable_sampler,
+    data_seed=train.seed: epoch 0 is a permutation seeded with the seed). A batch holding a row this
+    missed stops the run (train_policy), never trains on a wrong value."""
     from accelerate.data_loader import SeedableRandomSampler
 
     micro_batches = cfg.max_steps * cfg.gradient_accumulation_steps * num_processes
-    if num_processes > 1 or micro_batches >= math.ceil(num_examples / cfg.batch_size):
+    if num_processes > 1 or micro_batches >= math.ceil(len(examples) / cfg.batch_size):
         return None
-    order = list(SeedableRandomSampler(range(num_examples), data_seed=cfg.seed))
+    if cfg.group_by_length:
+        order = list(length_grouped(example_lengths(examples), cfg.batch_size, cfg.seed))
+    else:
+        order = list(SeedableRandomSampler(range(len(examples)), data_seed=cfg.seed))
     return sorted(order[: micro_batches * cfg.batch_size])
 
 
@@ -268,7 +285,7 @@ def train_policy(accelerator, model, method, examples, reference, pad_token_id: 
     """An offline method's training: per micro-batch, one concatenated forward for the policy's per-sequence
     log-probs, the precomputed reference log-probs from the batch, and `method.loss(policy, reference)`."""
     loader = make_loader(examples, None if method.reference_free else reference, cfg.batch_size, pad_token_id,
-                         shuffle=True, seed=cfg.seed)
+                         shuffle=True, seed=cfg.seed, group_by_length=cfg.group_by_length)
     optimizer, scheduler = policy_optimizer(model, cfg, accelerator.num_processes)
 
     def step_loss(model, batch) -> LossOutput:

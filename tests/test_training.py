@@ -135,10 +135,10 @@ def test_reference_logps_are_computed_for_the_rows_a_run_draws_and_kept_per_row(
     prepared = prepare_examples(embedded.train_pairs[:200], Formatter(tokenizer, 64, 32), methods.get("dpo").consumes)
     reference = Reference(load_causal_lm(embedded.sft_path, ModelConfig()), fingerprint(embedded.sft_path))
     cache = str(tmp_path / "cache")
-    first = consumed_examples(200, TrainConfig(max_steps=3, batch_size=8, seed=0), num_processes=1)
-    second = consumed_examples(200, TrainConfig(max_steps=3, batch_size=8, seed=1), num_processes=1)
+    first = consumed_examples(prepared.examples, TrainConfig(max_steps=3, batch_size=8, seed=0), num_processes=1)
+    second = consumed_examples(prepared.examples, TrainConfig(max_steps=3, batch_size=8, seed=1), num_processes=1)
     assert len(first) == len(second) == 24 and first != second
-    assert consumed_examples(200, TrainConfig(max_steps=25, batch_size=8), num_processes=1) is None  # a whole epoch
+    assert consumed_examples(prepared.examples, TrainConfig(max_steps=25, batch_size=8), num_processes=1) is None
 
     values, computed = cached_reference(reference, prepared, tokenizer.pad_token_id, cache, first)
     assert computed == 2 * 24 and all(math.isnan(v) for i in set(range(200)) - set(first) for v in values[i])
@@ -153,10 +153,11 @@ def test_reference_logps_are_computed_for_the_rows_a_run_draws_and_kept_per_row(
     assert whole == as_stored and all(again[i] == as_stored[i] for i in second) and all(values[i] == as_stored[i] for i in first)
 
 
-def test_a_short_run_with_gradient_accumulation_draws_only_predicted_rows(tmp_path, embedded):
+@pytest.mark.parametrize("group_by_length", [False, True])
+def test_a_short_run_with_gradient_accumulation_draws_only_predicted_rows(tmp_path, embedded, group_by_length):
     record = harness.train(load_config(None, quick_overrides(tmp_path, **{
         "train.max_steps": 2, "train.batch_size": 4, "train.gradient_accumulation_steps": 3, "train.seed": 7,
-        "eval.num_prompts": 0})))
+        "train.group_by_length": group_by_length, "eval.num_prompts": 0})))
     assert record.status == "completed" and record.metrics["train_steps"] == 2
     assert record.metrics["reference_sequences_computed"] <= 2 * 2 * 3 * 4  # a training batch with a row outside
     # the prediction stops the run (train_policy), so completing proves the rows drawn were the ones computed

@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides.insert(0, args.spec)
         args.spec = None
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars: stderr is for errors
     try:
         return args.func(args)
     except BadInput as error:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import methods
@@ -11,7 +13,8 @@ from evals.judge import RewardModelJudge, proxy_reward_model
 from evals.scorers import GoldScorer, Scorer, make_scorer
 from harness.config import MethodConfig, RunConfig, build_config
 from harness.data import Formatter
-from harness.models import fingerprint, load_causal_lm, load_tokenizer
+from harness.errors import BadInput
+from harness.models import check_local_weights, fingerprint, load_causal_lm, load_tokenizer
 from harness.reference import Reference
 from harness.sources import TaskData, load_task
 
@@ -24,6 +27,16 @@ def make_scorers(cfg: RunConfig, task: TaskData) -> dict[str, Scorer]:
     # Gold is reported beside the judge wherever it is known (also when it is the judge).
     gold = judge if judge.name == "gold" else GoldScorer() if task.embedded else None
     return {"judge": judge, **({"gold": gold} if gold is not None else {})}
+
+
+def _check_writable(folder: str, what: str) -> None:
+    path = Path(folder).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BadInput(f"{what} {folder} cannot be created ({error.strerror or type(error).__name__})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise BadInput(f"{what} {folder} is not writable")
 
 
 @dataclass
@@ -43,9 +56,11 @@ class RunContext:
         cfg = config if isinstance(config, RunConfig) else build_config(config, source)
         method = methods.get(cfg.method.name, **cfg.method.params())
         cfg = cfg.model_copy(update={"method": MethodConfig(name=method.name, **method.recorded_params())}).for_kind(method.kind)
+        _check_writable(cfg.cache_dir, "cache_dir")
         task = load_task(cfg)
-        scorers = make_scorers(cfg, task) if cfg.eval.num_prompts else {}
         tokenizer = load_tokenizer(task.sft_path, cfg.model)
+        check_local_weights(task.sft_path)
+        scorers = make_scorers(cfg, task) if cfg.eval.num_prompts else {}
         formatter = Formatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.apply_chat_template)
         return cls(cfg, method, task, tokenizer, formatter, fingerprint(task.sft_path, cfg.model.revision), scorers)
 

@@ -6,6 +6,7 @@ against the SFT model, write the run record.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import traceback
@@ -19,7 +20,7 @@ from evals.evaluate import (decode_completions, evaluate, judge_agreement, prefe
                             sft_side)
 from evals.judge import proxy_reward_model
 from harness.cache import RowCache, key_of
-from harness.config import RunConfig, apply_overrides
+from harness.config import RunConfig, apply_overrides, build_config
 from harness.data import prepare_examples
 from harness.errors import BadInput
 from harness.logps import CHOSEN, PAIRS, REJECTED
@@ -76,15 +77,40 @@ def _make_accelerator(cfg: RunConfig):
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed))
 
 
+def _claim_output_dir(output_dir: Path, main_process: bool):
+    """The run's lock on its output_dir (held by the launch's main process until the run ends): a second run
+    started on the same folder stops with BadInput instead of interleaving its files with the first's."""
+    from filelock import FileLock, Timeout
+
+    if not main_process:
+        return contextlib.nullcontext()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return FileLock(str(output_dir / ".run.lock")).acquire(timeout=0)  # released when the `with` ends
+    except Timeout:
+        raise BadInput(f"output_dir {output_dir} is in use by another run (it holds {output_dir / '.run.lock'}); "
+                       "wait for that run to end or choose another output_dir") from None
+
+
 def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | None = None) -> RunRecord:
-    """Train, evaluate and record one run. Raises BadInput (before writing anything) for bad config or data."""
+    """Train, evaluate and record one run. Raises BadInput (before writing anything but its output_dir's lock)
+    for bad config or data, or when another run holds the output_dir."""
+    started = time.perf_counter()
+    cfg = config if isinstance(config, RunConfig) else build_config(config, "config")
+    output_dir = Path(cfg.output_dir).expanduser().absolute()
+    if output_dir.exists() and not output_dir.is_dir():  # said before anything is loaded or built
+        raise BadInput(f"output_dir {output_dir} is a file, not a folder")
+    ctx = RunContext.build(cfg)
+    accelerator = _make_accelerator(ctx.cfg)
+    with _claim_output_dir(output_dir, accelerator.is_main_process):
+        return _train(ctx, output_dir, accelerator, started, spec, trial_id)
+
+
+def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec: str | None,
+           trial_id: str | None) -> RunRecord:
     from accelerate.utils import set_seed
 
-    started = time.perf_counter()
-    ctx = RunContext.build(config)
     cfg, method, task, tokenizer = ctx.cfg, ctx.method, ctx.task, ctx.tokenizer
-    output_dir = Path(cfg.output_dir).expanduser().absolute()
-    accelerator = _make_accelerator(cfg)
     set_seed(cfg.train.seed)
     online = method.kind == "online"
     if online:  # the data is the training prompts (sampled from), and the reward model is trained first

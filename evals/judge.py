@@ -19,7 +19,7 @@ import torch
 from harness.cache import cached_dir, key_of
 from harness.errors import BadInput
 from harness.logps import LossOutput
-from harness.models import fingerprint, looks_local, pick_device
+from harness.models import check_local_weights, fingerprint, looks_local, pick_device
 from harness.trainer import train_loop
 
 JUDGE_STEPS, JUDGE_BATCH, JUDGE_LR = 600, 32, 1e-3
@@ -33,6 +33,7 @@ class RewardModelJudge:
         local = Path(path).expanduser()
         if looks_local(path) and not local.exists():
             raise BadInput(f"eval.judge: reward model not found: {path}")
+        check_local_weights(path, "eval.judge")
         try:
             config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as error:

@@ -205,15 +205,36 @@ def build_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
         raise BadInput(f"{source}: {validation_message(error, 'config key')}") from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader (plain data only) that refuses a mapping with a repeated key: plain YAML keeps the
+    last value silently, so `beta: 0.1` twice would run whichever came last without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: str | Path, what: str = "config file") -> dict[str, Any]:
-    """A YAML mapping from a file (safe_load: plain data only), or BadInput naming the file."""
+    """A YAML mapping from a file (safe loading: plain data only; no repeated keys), or BadInput naming the file."""
     path = Path(path)
     if not path.is_file():
         raise BadInput(f"{what} not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise BadInput(f"{path}: not UTF-8 text") from None
+    try:
+        tree = yaml.load(text, Loader=_UniqueKeyLoader) or {}  # a SafeLoader
+    except yaml.MarkedYAMLError as error:
+        where = f"line {error.problem_mark.line + 1}: " if error.problem_mark else ""
+        raise BadInput(f"{path}: {where}not valid YAML ({error.problem or error.context})") from None
     except yaml.YAMLError as error:
-        raise BadInput(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        raise BadInput(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(tree, dict):
         raise BadInput(f"{path}: the top level must be a mapping of keys")
     return tree

@@ -22,7 +22,9 @@ lists, common_prefix_length for the prompt/completion split); the harness delibe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,24 +36,43 @@ from .models import looks_local
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 HH_ASSISTANT = "\n\nAssistant:"
+MAX_REASONS = 5  # reasons kept (in the record and the log) for rows skipped under data.skip_invalid
 
 Text = str | list[dict[str, Any]]
 
 
 # ---------------------------------------------------------------- loading
 
-def load_rows(source: str, split: str = "train", subset: str | None = None, cache_dir: str | None = None) -> list[dict]:
-    """Rows of a hub dataset, a local dataset directory, or a .jsonl/.json/.parquet/.csv file."""
+def load_rows(source: str, split: str = "train", subset: str | None = None, cache_dir: str | None = None,
+              skip_invalid: bool = False) -> tuple[list[dict], dict[str, Any]]:
+    """Rows of a hub dataset, a local dataset directory, or a .jsonl/.json/.parquet/.csv file, and what was
+    skipped: a file `datasets` cannot read is diagnosed (empty, not UTF-8, the first line that is not JSON)
+    into one BadInput naming the file and line; with skip_invalid, unreadable .jsonl lines are skipped and
+    counted instead."""
     import datasets
 
     datasets.disable_progress_bars()  # stderr stays for errors: one line each
     path = Path(source).expanduser()
+    skipped: dict[str, Any] = {"skipped_unreadable": 0, "skip_reasons": []}
     try:
         if path.is_file():
             if path.suffix not in FILE_BUILDERS:
                 raise BadInput(f"{path}: unsupported data file type; use one of {', '.join(FILE_BUILDERS)}")
-            dataset = datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train",
-                                            cache_dir=cache_dir)
+            if path.suffix != ".parquet":  # text: say plainly if it is empty or not UTF-8, with the line
+                if not path.read_bytes().strip():
+                    raise BadInput(f"{path}: the file is empty (no rows)")
+                problem = _decode_lines(path)[1]
+                if problem:
+                    raise BadInput(problem)
+            try:
+                with _quiet(datasets):
+                    dataset = datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train",
+                                                    cache_dir=cache_dir)
+            except Exception as error:  # datasets wraps the reader's error; say what is wrong and where
+                if path.suffix == ".jsonl" and skip_invalid:
+                    return _readable_jsonl_rows(path, skipped), skipped
+                raise BadInput(_diagnose(path) or f"{path}: cannot read it as {path.suffix} "
+                               f"({type(error).__name__}: {_first_line(error)})") from None
         elif path.is_dir():
             if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
                 dataset = datasets.load_from_disk(str(path))
@@ -66,9 +87,81 @@ def load_rows(source: str, split: str = "train", subset: str | None = None, cach
     except BadInput:
         raise
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise BadInput(f"cannot load data.source {source!r} (split {split!r}): {message}") from None
-    return dataset.to_list()
+        raise BadInput(f"cannot load data.source {source!r} (split {split!r}): {_first_line(error)}") from None
+    return dataset.to_list(), skipped
+
+
+@contextlib.contextmanager
+def _quiet(datasets):
+    """datasets logs a reader's error before raising it; the harness says it once, in its own words."""
+    before = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.logging.set_verbosity(before)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _decode_lines(path: Path) -> tuple[list[str] | None, str | None]:
+    """The file's lines, or where it stops being UTF-8 text."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").split("\n"), None
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        return None, f"{path}: line {line}: not UTF-8 text (byte 0x{data[error.start]:02x} at column {column})"
+
+
+def _diagnose(path: Path) -> str | None:
+    """One line saying what makes a local data file unreadable, naming the line, or None if nothing is found."""
+    lines, problem = _decode_lines(path)
+    if problem:
+        return problem
+    if path.suffix == ".json":
+        try:
+            json.loads("\n".join(lines))
+        except json.JSONDecodeError as error:
+            return f"{path}: line {error.lineno}: not valid JSON ({error.msg})"
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                problem = _jsonl_problem(line)
+                if problem:
+                    return f"{path}: line {number}: {problem}"
+    return None
+
+
+def _jsonl_problem(line: str) -> str | None:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as error:
+        return f"not valid JSON ({error.msg} at column {error.colno})"
+    return None if isinstance(value, dict) else f"a JSON object per line expected, got {type(value).__name__}"
+
+
+def _readable_jsonl_rows(path: Path, skipped: dict[str, Any]) -> list[dict]:
+    """The rows of a .jsonl file, skipping (and counting, with the first reasons) lines that are not objects."""
+    lines, problem = _decode_lines(path)
+    if problem:
+        raise BadInput(problem)  # not text at all: nothing to skip line by line
+    rows = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        problem = _jsonl_problem(line)
+        if problem:
+            skipped["skipped_unreadable"] += 1
+            if len(skipped["skip_reasons"]) < MAX_REASONS:
+                skipped["skip_reasons"].append(f"line {number}: {problem}")
+            continue
+        rows.append(json.loads(line))
+    return rows
 
 
 def _pick_split(dataset_dict, split: str, where: str):
@@ -163,6 +256,9 @@ def normalise_row(row: dict, where: str, counts: dict[str, int] | None = None) -
         chosen, rejected = _as_completion(prompt, chosen), _as_completion(prompt, rejected)
     else:
         prompt, chosen, rejected = _split_implicit(chosen, rejected, where, counts)
+        if "prompt" in row and not prompt:  # an explicit null, and nothing shared to take the prompt from
+            raise BadInput(f"{where}: field 'prompt' is null and 'chosen' and 'rejected' share no prefix to take "
+                           "it from")
     if isinstance(prompt, str) and (_is_messages(chosen) or _is_messages(rejected)):
         prompt = [{"role": "user", "content": prompt}]
     if _is_messages(chosen) and not chosen or _is_messages(rejected) and not rejected:
@@ -182,21 +278,26 @@ def rename_fields(row: Any, columns: dict[str, str], where: str) -> Any:
 
 
 def normalise_rows(rows: list[dict], source: str, skip_invalid: bool,
-                   columns: dict[str, str] | None = None) -> tuple[list[dict], dict[str, int]]:
+                   columns: dict[str, str] | None = None) -> tuple[list[dict], dict[str, Any]]:
     """Normalised rows (fields renamed by `columns` first) and counts: rows skipped (only when skip_invalid;
-    otherwise the first bad row raises), rows split at the common prefix of their dialogues."""
+    otherwise the first bad row raises) with the first reasons, rows split at the common prefix of their
+    dialogues."""
     out, counts = [], {"skipped_invalid": 0, "split_at_common_prefix": 0}
+    reasons: list[str] = []
     for index, row in enumerate(rows):
         where = f"{source}: row {index} (0-based)"
         try:
             out.append(normalise_row(rename_fields(row, columns or {}, where), where, counts))
-        except BadInput:
+        except BadInput as error:
             if not skip_invalid:
                 raise
             counts["skipped_invalid"] += 1
+            if len(reasons) < MAX_REASONS:
+                reasons.append(str(error).removeprefix(f"{source}: "))
     if not out:
-        raise BadInput(f"{source}: no usable rows")
-    return out, counts
+        raise BadInput(f"{source}: no usable rows" + (f" ({counts['skipped_invalid']} skipped; first: {reasons[0]})"
+                                                        if reasons else ""))
+    return out, {**counts, "skip_reasons": reasons}
 
 
 # ---------------------------------------------------------------- formatting and tokenising

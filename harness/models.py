@@ -47,6 +47,21 @@ def _check_exists(path: str) -> None:
         raise BadInput(f"model path not found: {path}")
 
 
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def check_local_weights(path: str, what: str = "model.path") -> None:
+    """A local model folder must hold safetensors weights: the harness never unpickles a checkpoint."""
+    local = Path(path).expanduser()
+    if not local.is_dir() or any(local.glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for pattern in PICKLE_WEIGHTS for p in local.glob(pattern))
+    if pickled:
+        raise BadInput(f"{what} {path}: only pickle weights ({', '.join(pickled)}); the harness loads safetensors "
+                       "only (convert them once, from a copy you trust, with save_pretrained)")
+    raise BadInput(f"{what} {path}: no safetensors weights (model.safetensors or its shards) in the folder")
+
+
 def load_tokenizer(path: str, cfg: ModelConfig):
     from transformers import AutoTokenizer
 
@@ -65,6 +80,7 @@ def load_causal_lm(path: str, cfg: ModelConfig, device: torch.device | None = No
     from transformers import AutoModelForCausalLM
 
     _check_exists(path)
+    check_local_weights(path)
     device = device or pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device, trained)
     if trained and dtype in (torch.bfloat16, torch.float16):

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from .cache import write_json_atomic
+from .tracking import finite_or_null
 
 RECORD_NAME = "record.json"
 RECORD_SCHEMA_VERSION = 2  # evals/store.py says what each version holds
@@ -43,7 +44,7 @@ class RunRecord(BaseModel):
 
     def write(self, output_dir: str | Path | None = None) -> Path:
         path = Path(output_dir or self.output_dir) / RECORD_NAME
-        write_json_atomic(path, self.model_dump(mode="json"))
+        write_json_atomic(path, finite_or_null(self.model_dump(mode="json")))  # NaN is not JSON
         return path
 
     @classmethod

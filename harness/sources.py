@@ -4,12 +4,13 @@ id, local folder or file) with its validation and test prompts held out of the t
 from __future__ import annotations
 
 import random
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import RunConfig
-from .data import load_rows, normalise_rows
+from .data import MAX_REASONS, load_rows, normalise_rows
 from .errors import BadInput
 
 
@@ -44,12 +45,18 @@ def load_task(cfg: RunConfig) -> TaskData:
     if cfg.model.path is None:
         raise BadInput("model.path is required when data.source is not 'embedded' (the SFT model to start from)")
     cache = str(Path(cfg.cache_dir).expanduser() / "hf-datasets")
-    raw = load_rows(cfg.data.source, cfg.data.split, cfg.data.subset, cache)
+    raw, unreadable = load_rows(cfg.data.source, cfg.data.split, cfg.data.subset, cache, cfg.data.skip_invalid)
     rows, counts = normalise_rows(raw, f"{cfg.data.source} [{cfg.data.split}]", cfg.data.skip_invalid,
                                   cfg.data.columns)
+    counts["skipped_unreadable"] = unreadable["skipped_unreadable"]
+    counts["skip_reasons"] = (unreadable["skip_reasons"] + counts["skip_reasons"])[:MAX_REASONS]
+    skipped = counts["skipped_unreadable"] + counts["skipped_invalid"]
+    if skipped:
+        warnings.warn(f"{cfg.data.source}: skipped {skipped} of {len(raw) + counts['skipped_unreadable']} rows "
+                      f"(data.skip_invalid); first reasons: {'; '.join(counts['skip_reasons'])}", stacklevel=2)
     random.Random(cfg.data.seed).shuffle(rows)
     if cfg.data.eval_split:
-        eval_raw = load_rows(cfg.data.source, cfg.data.eval_split, cfg.data.subset, cache)
+        eval_raw, _ = load_rows(cfg.data.source, cfg.data.eval_split, cfg.data.subset, cache, cfg.data.skip_invalid)
         eval_rows, _ = normalise_rows(eval_raw, f"{cfg.data.source} [{cfg.data.eval_split}]",
                                       cfg.data.skip_invalid, cfg.data.columns)
         eval_rows = eval_rows[: cfg.eval.num_prompts]

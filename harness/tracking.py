@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,17 @@ from typing import Any
 from .config import WandbConfig
 
 METRICS_NAME = "metrics.jsonl"
+
+
+def finite_or_null(value: Any) -> Any:
+    """`value` with every NaN or infinity replaced by None: JSON has no such numbers ("NaN" is not JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def wandb_mode(cfg: WandbConfig) -> str:
@@ -52,7 +64,7 @@ class Tracker:
         if self.path is None:
             return
         with self.path.open("a") as handle:
-            handle.write(json.dumps({"step": step, **metrics}) + "\n")
+            handle.write(json.dumps(finite_or_null({"step": step, **metrics}), allow_nan=False) + "\n")
         if self.run is not None:
             self.run.log({f"train/{k}": v for k, v in metrics.items()}, step=step)
 
@@ -60,7 +72,7 @@ class Tracker:
         if self.path is None:
             return
         with self.path.open("a") as handle:
-            handle.write(json.dumps({"summary": metrics}) + "\n")
+            handle.write(json.dumps(finite_or_null({"summary": metrics}), allow_nan=False) + "\n")
         if self.run is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float, str, bool)) or value is None:

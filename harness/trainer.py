@@ -24,6 +24,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
+from .cache import write_json_atomic
 from .config import TrainConfig
 from .data import collate
 from .logps import LossOutput, policy_logps, reference_logps, summed_logps
@@ -116,6 +117,10 @@ def sequence_logps_of(model, examples, pad_token_id: int, batch_size: int = 64, 
     return values
 
 
+class Diverged(RuntimeError):
+    """A non-finite loss or gradient norm: the run stopped before the optimizer step that would apply it."""
+
+
 @dataclass
 class TrainState:
     step: int = 0
@@ -128,12 +133,16 @@ class TrainState:
     tokens_forwarded: int = 0  # forwards without gradients: old policy, reference, reward model
     seconds: float = 0.0
     first_loss: float | None = None
+    last_finite_loss: float | None = None  # the last optimizer step's loss (its last micro-batch)
     history: list[dict] = field(default_factory=list)
     extra: dict | None = None  # `extra_state.state_dict()` (e.g. an adaptive KL controller), saved with checkpoints
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
-    found = sorted(folder.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
+    """The newest complete checkpoint: trainer_state.json is written last, so a folder without it is one
+    a killed process left half-written (the previous checkpoint is only removed after it)."""
+    found = sorted((p for p in folder.glob("step-*") if (p / "trainer_state.json").is_file()),
+                   key=lambda p: int(p.name.split("-")[1])) if folder.is_dir() else []
     return found[-1] if found else None
 
 
@@ -143,7 +152,7 @@ def _save_checkpoint(accelerator, folder: Path, state: TrainState, extra_state=N
     target = folder / f"step-{state.step}"
     accelerator.save_state(str(target), safe_serialization=True)
     if accelerator.is_main_process:
-        (target / "trainer_state.json").write_text(json.dumps(asdict(state)))
+        write_json_atomic(target / "trainer_state.json", asdict(state))  # last: it marks the checkpoint complete
         for old in folder.glob("step-*"):  # keep only the newest: a run resumes from its last checkpoint
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)
@@ -227,6 +236,15 @@ def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                    # One host sync per optimizer step: a non-finite loss or gradient stops the run here, before
+                    # the optimizer applies it, so the weights and every checkpoint so far stay finite.
+                    loss_value, norm_value = float(out.loss.detach()), float(grad_norm)
+                    if not (math.isfinite(loss_value) and math.isfinite(norm_value)):
+                        raise Diverged(f"non-finite {'loss' if not math.isfinite(loss_value) else 'gradient norm'} at "
+                                       f"step {state.step + 1} (loss {loss_value}, gradient norm {norm_value}); last "
+                                       f"finite loss {state.last_finite_loss} at step {state.step}; training stopped "
+                                       "before applying it")
+                    state.last_finite_loss = loss_value
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()

@@ -31,8 +31,11 @@ def run_trial(params: dict[str, Any]) -> None:
     trial = params["trial"]
     out = Path(trial["config"]["output_dir"])
     done = out / "record.json"
-    if done.is_file() and RunRecord.read(done).status == "completed":
-        record = RunRecord.read(done)  # finished before an interruption: report it, never train twice
+    earlier = RunRecord.read(done) if done.is_file() else None
+    if earlier is not None and earlier.status == "failed" and (earlier.error or "").startswith("Diverged"):
+        raise RuntimeError(earlier.error)  # deterministic: a retry would diverge at the same step
+    if earlier is not None and earlier.status == "completed":
+        record = earlier  # finished before an interruption: report it, never train twice
     else:
         out.mkdir(parents=True, exist_ok=True)
         with (out / "attempts.jsonl").open("a") as handle:

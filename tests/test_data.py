@@ -37,7 +37,7 @@ def test_conversational_implicit_prompt():
 
 
 def test_hh_rlhf_sample_splits_at_last_assistant_turn():
-    rows = load_rows(str(shared_path("data", "hh-rlhf", "harmless-base-test.sample.jsonl")))
+    rows = load_rows(str(shared_path("data", "hh-rlhf", "harmless-base-test.sample.jsonl")))[0]
     assert len(rows) == 2000
     good, counts = normalise_rows(rows, "hh", skip_invalid=False)  # the default settings
     assert len(good) == 2000 and counts["skipped_invalid"] == 0
@@ -50,10 +50,10 @@ def test_hh_rlhf_sample_splits_at_last_assistant_turn():
 
 
 def test_ultrafeedback_sample_rows():
-    rows = load_rows(str(shared_path("data", "ultrafeedback-binarized", "eval_clean.jsonl")))
+    rows = load_rows(str(shared_path("data", "ultrafeedback-binarized", "eval_clean.jsonl")))[0]
     good, counts = normalise_rows(rows, "uf", skip_invalid=False)
     assert counts["skipped_invalid"] == 0 and len(good) == 200
-    train, counts = normalise_rows(load_rows(str(shared_path("data", "ultrafeedback-binarized", "train_clean.jsonl"))),
+    train, counts = normalise_rows(load_rows(str(shared_path("data", "ultrafeedback-binarized", "train_clean.jsonl")))[0],
                                    "uf-train", skip_invalid=False)  # row 478's empty reply no longer stops it
     assert len(train) == 1000 and sum(not r["rejected"].strip() or not r["chosen"].strip() for r in train) == 2
     assert isinstance(good[0]["prompt"], str) and isinstance(good[0]["chosen"], str)
@@ -76,7 +76,7 @@ def test_file_types(tmp_path, suffix):
      ".json": lambda: path.write_text(json.dumps(frame.to_dict("records"))),
      ".csv": lambda: frame.to_csv(path, index=False),
      ".parquet": lambda: frame.to_parquet(path)}[suffix]()
-    assert load_rows(str(path)) == frame.to_dict("records")
+    assert load_rows(str(path))[0] == frame.to_dict("records")
 
 
 def test_saved_dataset_directory(tmp_path):
@@ -84,7 +84,7 @@ def test_saved_dataset_directory(tmp_path):
 
     datasets.DatasetDict({"train": datasets.Dataset.from_list([{"prompt": "p", "chosen": "c", "rejected": "r"}])}) \
         .save_to_disk(str(tmp_path / "ds"))
-    assert load_rows(str(tmp_path / "ds"), "train") == [{"prompt": "p", "chosen": "c", "rejected": "r"}]
+    assert load_rows(str(tmp_path / "ds"), "train")[0] == [{"prompt": "p", "chosen": "c", "rejected": "r"}]
     with pytest.raises(BadInput, match="no split 'test'"):
         load_rows(str(tmp_path / "ds"), "test")
 

@@ -57,7 +57,7 @@ def check_sample(rows, tokenizer, consumes, completions):
 
 
 def test_hh_rlhf_harmless_base(tokenizer):
-    raw = load_rows(str(shared_path("data", "hh-rlhf", "harmless-base-test.sample.jsonl")))
+    raw = load_rows(str(shared_path("data", "hh-rlhf", "harmless-base-test.sample.jsonl")))[0]
     rows, counts = normalise_rows(raw, "hh", skip_invalid=False)
     assert len(raw) == len(rows) == 2000 and counts["skipped_invalid"] == 0
     prepared = check_sample(rows, tokenizer, {PAIRS}, ("chosen", "rejected"))
@@ -71,7 +71,7 @@ def test_hh_rlhf_harmless_base(tokenizer):
 
 @pytest.mark.parametrize("name, n", [("train_clean.jsonl", 1000), ("eval_clean.jsonl", 200)])
 def test_ultrafeedback_binarized(tokenizer, name, n):
-    raw = load_rows(str(shared_path("data", "ultrafeedback-binarized", name)))
+    raw = load_rows(str(shared_path("data", "ultrafeedback-binarized", name)))[0]
     rows, counts = normalise_rows(raw, "uf", skip_invalid=False)
     assert len(raw) == len(rows) == n and counts["skipped_invalid"] == 0
     prepared = check_sample(rows, tokenizer, {PAIRS}, ("chosen", "rejected"))
@@ -81,7 +81,7 @@ def test_ultrafeedback_binarized(tokenizer, name, n):
 
 def test_imdb_reviews_as_unpaired_rows(tokenizer):
     """IMDb reviews as KTO rows: the review is the completion (data.columns {text: completion}), no prompt."""
-    raw = load_rows(str(shared_path("data", "imdb", "aclImdb-test.sample.jsonl")))
+    raw = load_rows(str(shared_path("data", "imdb", "aclImdb-test.sample.jsonl")))[0]
     rows, counts = normalise_rows(raw, "imdb", skip_invalid=False, columns={"text": "completion"})
     assert len(rows) == 2000 and counts["skipped_invalid"] == 0
     assert sum(r["label"] for r in rows) == 1000 and all(r["prompt"] == "" for r in rows)

@@ -167,3 +167,16 @@ def test_sweep_through_address_on_a_hand_started_head_with_token_auth(tmp_path, 
     finally:
         kill_session(head.pid)  # the head's daemons live in the session `ray start` ran in
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_diverging_trial_fails_alone_and_is_not_retried(tmp_path, embedded):
+    path = write_spec(tmp_path, name="diverge", base={**TINY, "train": {"max_steps": 8, "save_steps": 0}},
+                      grid={"train.learning_rate": [1000.0, 1e-4]}, max_concurrent=2)
+    result = run_cli("sweep", str(path))
+    assert result.returncode == 1 and "1 of 2 trials failed" in result.stderr, result.stderr[-3000:]
+    records = {r["config"]["train"]["learning_rate"]: r
+               for r in (json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "diverge").glob("runs/*/record.json"))}
+    assert records[1e-4]["status"] == "completed"  # the other trial went on
+    assert records[1000.0]["status"] == "failed" and records[1000.0]["error"].startswith("Diverged: non-finite")
+    attempts = (Path(records[1000.0]["output_dir"]) / "attempts.jsonl").read_text().splitlines()
+    assert len(attempts) == 1  # Tune's retry found the deterministic failure and did not train again

@@ -95,7 +95,7 @@ def test_standard_rows_match_trl(tokenizer, trl_ids):
 
 
 def test_real_ultrafeedback_rows_match_trl(tokenizer, trl_ids):
-    raw = load_rows(str(shared_path("data", "ultrafeedback-binarized", "eval_clean.jsonl")))[:40]
+    raw = load_rows(str(shared_path("data", "ultrafeedback-binarized", "eval_clean.jsonl")))[0][:40]
     standard, _ = normalise_rows(raw, "uf", skip_invalid=False)  # the sample is flattened to strings
     assert harness_ids(standard, tokenizer)[0] == trl_ids(standard)
     # and in its upstream conversational form (trl-lib/ultrafeedback_binarized: one user turn, one reply)
@@ -106,7 +106,7 @@ def test_real_ultrafeedback_rows_match_trl(tokenizer, trl_ids):
 
 
 def test_real_hh_rows_match_trl(tokenizer, trl_ids):
-    raw = load_rows(str(shared_path("data", "hh-rlhf", "harmless-base-test.sample.jsonl")))[:40]
+    raw = load_rows(str(shared_path("data", "hh-rlhf", "harmless-base-test.sample.jsonl")))[0][:40]
     rows, _ = normalise_rows(raw, "hh", skip_invalid=False)
     assert isinstance(rows[0]["prompt"], str)  # HH dialogues are plain text: no template, as in TRL
     assert harness_ids(rows, tokenizer)[0] == trl_ids(rows)

@@ -11,10 +11,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 
 # torch is pinned exactly in pyproject.toml: a range would pull a multi-GB CUDA build.
-# --no-compile: pip would byte-compile every installed module (torch, ray, ... : half the install time);
-# Python compiles the modules a run imports on first use instead.
+# (no pip self-upgrade: the venv's pip installs this project; byte-compiling at install time is kept, since
+# Ray workers compiling on first import cost more than it saves)
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q --no-compile -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -114,7 +114,9 @@ def run_sweep(spec: SweepSpec, spec_path: Path | str, *, resume: bool = False, a
             tuner = tune.Tuner(
                 trainable,
                 param_space={"spec": spec.name, "trial": tune.grid_search(trials)},
-                tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent),
+                # A trial's worker process is kept for the next trial: torch, transformers and the harness
+                # are imported once per process, not once per trial (every trial sets its own seeds).
+                tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
                 run_config=tune.RunConfig(name="tune", storage_path=str(storage / spec.name), verbose=0,
                                           failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
         results = tuner.fit()

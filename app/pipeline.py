@@ -42,7 +42,7 @@ def cached_reference(reference: Reference, prepared, pad_token_id: int, cache_di
     """Reference log-probs of the training sequences of the examples `needed` (None: every example), from
     the per-sequence cache (RowCache: keyed by the SFT weights, dtype and torch version, then by each
     sequence's token ids); the missing ones are computed now, in one length-sorted pass. Examples not
-    needed get NaN (collate_items refuses a batch holding one). Returns the values and how many sequences
+    needed get NaN (train_policy refuses a batch holding one). Returns the values and how many sequences
     were computed now."""
     dtype = str(next(reference.model.parameters()).dtype)
     cache = RowCache(cache_dir, "reference-logps", key_of("reference-logps", reference.fingerprint, dtype, torch.__version__))

@@ -299,7 +299,7 @@ def padding_report(root: Path) -> dict:
 
 # ---------------------------------------------------------------- the comparison
 
-def summarise(name: str, harness: list[dict], trl: list[dict], steps: int, pairs_per_run: int) -> dict:
+def summarise(name: str, harness: list[dict], trl: list[dict], pairs_per_run: int) -> dict:
     med = lambda runs, key: statistics.median(r[key] for r in runs)  # noqa: E731
     row = {"shape": name, "runs_each": len(harness)}
     for side, runs in (("harness", harness), ("trl", trl)):
@@ -358,7 +358,7 @@ def main() -> None:
             print(json.dumps({"shape": shape, "repeat": repeat, "harness": harness_runs[-1], "trl": trl_runs[-1]}),
                   flush=True)
         runs = len(BETAS) if shape == "sweep" else 1
-        rows.append(summarise(shape, harness_runs, trl_runs, steps[shape], steps[shape] * BATCH * runs))
+        rows.append(summarise(shape, harness_runs, trl_runs, steps[shape] * BATCH * runs))
         print(json.dumps(rows[-1]), flush=True)
 
     memory = {what: timed([sys.executable, __file__, "--memory-child", str(root), what, args.device])["peak_growth_mb"]

@@ -58,12 +58,12 @@ def load_rows(source: str, split: str = "train", subset: str | None = None, cach
         if path.is_file():
             if path.suffix not in FILE_BUILDERS:
                 raise BadInput(f"{path}: unsupported data file type; use one of {', '.join(FILE_BUILDERS)}")
-            if path.suffix != ".parquet":  # text: say plainly if it is empty or not UTF-8, with the line
-                if not path.read_bytes().strip():
-                    raise BadInput(f"{path}: the file is empty (no rows)")
-                problem = _decode_lines(path)[1]
+            if path.suffix != ".parquet":  # text: say plainly if it is not UTF-8 (with the line) or empty
+                lines, problem = _decode_lines(path)
                 if problem:
                     raise BadInput(problem)
+                if not any(line.strip() for line in lines):
+                    raise BadInput(f"{path}: the file is empty (no rows)")
             try:
                 with _quiet(datasets):
                     dataset = datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train",
@@ -130,19 +130,23 @@ def _diagnose(path: Path) -> str | None:
             return f"{path}: line {error.lineno}: not valid JSON ({error.msg})"
     if path.suffix == ".jsonl":
         for number, line in enumerate(lines, 1):
-            if line.strip():
-                problem = _jsonl_problem(line)
-                if problem:
-                    return f"{path}: line {number}: {problem}"
+            problem = _parse_jsonl_line(line)[1]
+            if problem:
+                return f"{path}: line {number}: {problem}"
     return None
 
 
-def _jsonl_problem(line: str) -> str | None:
+def _parse_jsonl_line(line: str) -> tuple[dict | None, str | None]:
+    """A .jsonl line's object, or what is wrong with it (a blank line is neither)."""
+    if not line.strip():
+        return None, None
     try:
         value = json.loads(line)
     except json.JSONDecodeError as error:
-        return f"not valid JSON ({error.msg} at column {error.colno})"
-    return None if isinstance(value, dict) else f"a JSON object per line expected, got {type(value).__name__}"
+        return None, f"not valid JSON ({error.msg} at column {error.colno})"
+    if not isinstance(value, dict):
+        return None, f"a JSON object per line expected, got {type(value).__name__}"
+    return value, None
 
 
 def _readable_jsonl_rows(path: Path, skipped: dict[str, Any]) -> list[dict]:
@@ -152,15 +156,13 @@ def _readable_jsonl_rows(path: Path, skipped: dict[str, Any]) -> list[dict]:
         raise BadInput(problem)  # not text at all: nothing to skip line by line
     rows = []
     for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        problem = _jsonl_problem(line)
+        row, problem = _parse_jsonl_line(line)
         if problem:
             skipped["skipped_unreadable"] += 1
             if len(skipped["skip_reasons"]) < MAX_REASONS:
                 skipped["skip_reasons"].append(f"line {number}: {problem}")
-            continue
-        rows.append(json.loads(line))
+        elif row is not None:
+            rows.append(row)
     return rows
 
 

@@ -100,9 +100,10 @@ def sequence_logps_of(model, examples, pad_token_id: int, batch_size: int = 64, 
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    length = lambda i: max(len(p) + len(c) for p, c, _ in examples[i])  # noqa: E731
+    lengths = example_lengths(examples)
     batches = []
-    for _, same_length in itertools.groupby(sorted(range(len(examples)), key=length), key=length):
+    for _, same_length in itertools.groupby(sorted(range(len(examples)), key=lengths.__getitem__),
+                                            key=lengths.__getitem__):
         same_length = list(same_length)
         batches += [same_length[start:start + batch_size] for start in range(0, len(same_length), batch_size)]
     values: list[list[float]] = [[] for _ in examples]

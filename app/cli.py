@@ -10,9 +10,9 @@ import time
 from harness.errors import BadInput
 
 # The leaderboard columns printed in the terminal (leaderboard.md shows more, leaderboard.csv every number).
-TERMINAL_COLUMNS = ("method", "params", "lr", "seeds", "val win rate", "val KL", "grid edge", "judge win rate [95% CI]",
-                    "seed min-max", "vs best", "gold win rate [95% CI]", "KL mean / median (per token)",
-                    "judge-gold gap [95% CI]")
+TERMINAL_COLUMNS = ("method", "params", "lr", "seeds", "tuned (configs)", "val win rate (judge / gold)", "val KL",
+                    "grid edge", "judge win rate [95% CI]", "judge vs best", "gold win rate [95% CI]", "gold vs best",
+                    "KL mean / median (per token)")
 
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
     from rich.console import Console

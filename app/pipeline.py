@@ -7,6 +7,7 @@ against the SFT model, write the run record.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 import traceback
@@ -92,9 +93,11 @@ def _claim_output_dir(output_dir: Path, main_process: bool):
                        "wait for that run to end or choose another output_dir") from None
 
 
-def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | None = None) -> RunRecord:
+def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | None = None, stage: str | None = None,
+          sweep: dict | None = None) -> RunRecord:
     """Train, evaluate and record one run. Raises BadInput (before writing anything but its output_dir's lock)
-    for bad config or data, or when another run holds the output_dir."""
+    for bad config or data, or when another run holds the output_dir. A sweep passes its name, the trial's
+    stage in a comparison (selection or test) and the spec as it runs (recorded with its hash)."""
     started = time.perf_counter()
     cfg = config if isinstance(config, RunConfig) else build_config(config, "config")
     output_dir = Path(cfg.output_dir).expanduser().absolute()
@@ -103,11 +106,17 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
     ctx = RunContext.build(cfg)
     accelerator = _make_accelerator(ctx.cfg)
     with _claim_output_dir(output_dir, accelerator.is_main_process):
-        return _train(ctx, output_dir, accelerator, started, spec, trial_id)
+        return _train(ctx, output_dir, accelerator, started, spec, trial_id, stage, sweep or {})
+
+
+def _distinct(prompts: list) -> list[int]:
+    """Each prompt's cluster: the index of its first occurrence (equal prompts are one cluster)."""
+    first: dict[str, int] = {}
+    return [first.setdefault(repr(p), i) for i, p in enumerate(prompts)]
 
 
 def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec: str | None,
-           trial_id: str | None) -> RunRecord:
+           trial_id: str | None, stage: str | None, sweep: dict) -> RunRecord:
     from accelerate.utils import set_seed
 
     cfg, method, task, tokenizer = ctx.cfg, ctx.method, ctx.task, ctx.tokenizer
@@ -117,18 +126,20 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
         prompts, reward_model = ctx.training_prompts(), ctx.reward_model()
         data = {"fingerprint": key_of([ids for _, ids in prompts]), "train_prompts": len(prompts),
                 "reward_model": reward_model.path, "reward_model_fingerprint": reward_model.fingerprint}
+        info = Path(reward_model.path) / "judge_info.json"  # the proxy's own training cost, when the harness trained it
+        reward_model_tokens = json.loads(info.read_text()).get("tokens_trained") if info.is_file() else None
     else:
         prepared = prepare_examples(task.rows, ctx.formatter, method.consumes, cfg.data.seed)
         roles = [seq[2] for example in prepared.examples for seq in example]
         for warning in method.check_setup(cfg.train.batch_size, roles.count(CHOSEN), roles.count(REJECTED)):
             warnings.warn(warning, stacklevel=2)
-        data = {"fingerprint": prepared.fingerprint, **prepared.stats}
+        data, reward_model_tokens = {"fingerprint": prepared.fingerprint, **prepared.stats}, None
     # Full fine-tuning keeps fp32 master weights (bf16 autocast on CUDA); a LoRA base is frozen and may be bf16.
     model = add_lora(load_causal_lm(task.sft_path, cfg.model, accelerator.device, trained=cfg.model.lora.r == 0),
                      cfg.model)
 
     record = RunRecord(
-        spec=spec, trial_id=trial_id or output_dir.name, method=method.name,
+        spec=spec, trial_id=trial_id or output_dir.name, method=method.name, stage=stage, sweep=sweep,
         method_params=method.recorded_params(), seed=cfg.train.seed,
         method_facts={"reference_free": method.reference_free, "paired": method.paired, "kind": method.kind,
                       "consumes": sorted(method.consumes)},
@@ -136,7 +147,9 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
         dataset={"source": cfg.data.source, "sft_model": task.sft_path, "sft_fingerprint": ctx.sft_fingerprint,
                  **task.stats, **data,
                  "eval_prompts": len(task.eval_prompts), "eval_prompts_fingerprint": key_of(task.eval_prompts),
-                 "val_prompts": len(task.val_prompts), "val_prompts_fingerprint": key_of(task.val_prompts)},
+                 "eval_prompts_distinct": len(set(_distinct(task.eval_prompts))),
+                 "val_prompts": len(task.val_prompts), "val_prompts_fingerprint": key_of(task.val_prompts),
+                 "val_prompts_distinct": len(set(_distinct(task.val_prompts)))},
         versions=versions(), hardware=hardware())
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -183,6 +196,9 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
             # One number to rank cost by, in forward-token equivalents: a backward costs about two forwards,
             # and a sampled token with the KV cache about one.
             "compute_tokens": 3 * state.tokens + forwarded + state.tokens_generated,
+            # An online method also needs the reward model it optimises: the proxy's training, whole (shared by
+            # the runs on the same pairs; the leaderboard also states it amortised over them).
+            "reward_model_compute_tokens": 3 * reward_model_tokens if online and reward_model_tokens else None,
             "reference_cache_hit": reference_hit,
             # Sequences whose reference log-probs this run computed (the rest came from the cache).
             "reference_sequences_computed": reference_computed,
@@ -192,7 +208,7 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
             "world_size": world,
             "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world}
         if cfg.eval.num_prompts and accelerator.is_main_process:
-            evaluated, record.outcomes = evaluate_run(ctx, policy, output_dir)
+            evaluated, record.outcomes, record.prompt_clusters = evaluate_run(ctx, policy, output_dir)
             metrics.update(evaluated)
         metrics["wall_time_s"] = time.perf_counter() - started
         record.metrics, record.status = metrics, "completed"
@@ -231,9 +247,10 @@ def prepare(config: RunConfig | dict) -> dict[str, Any]:
     return done
 
 
-def evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict]:
+def evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict, dict]:
     """Win rate vs SFT (judge and gold), KL, length, diversity, held-out preference accuracy with its SFT
-    baseline and gold ceiling, judge agreement. Returns (metrics, per-prompt outcomes by split)."""
+    baseline and gold ceiling, judge agreement. Returns (metrics, per-prompt outcomes by split, each split's
+    prompt clusters)."""
     cfg, task, scorers = ctx.cfg, ctx.task, ctx.scorers
     if ctx.method.kind == "online":  # also by the reward model it optimised: how far the judge's verdict is from it
         scorers = {**scorers, "proxy": ctx.reward_model()}
@@ -257,7 +274,9 @@ def evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict]
                 metrics["judge_agreement_heldout"] = judge_agreement(scorers["judge"], gold, task.heldout_pairs)
             if "proxy" in scorers:  # how good a stand-in for gold the reward model the method optimised is
                 metrics["proxy_agreement_heldout"] = judge_agreement(scorers["proxy"], gold, task.heldout_pairs)
-    return metrics, outcomes
+    clusters = {split: _distinct(prompts) for split, prompts in (("test", task.eval_prompts), ("val", task.val_prompts))
+                if split in outcomes}
+    return metrics, outcomes, clusters
 
 
 def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> RunRecord:
@@ -278,7 +297,7 @@ def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> R
         policy = PeftModel.from_pretrained(ctx.load_sft(), str(run_dir / "model"))
     else:
         policy = load_causal_lm(str(run_dir / "model"), ctx.cfg.model)
-    metrics, record.outcomes = evaluate_run(ctx, policy, run_dir)
+    metrics, record.outcomes, record.prompt_clusters = evaluate_run(ctx, policy, run_dir)
     record.metrics.update(metrics)
     record.config = ctx.cfg.resolved()
     record.write(run_dir)

@@ -109,9 +109,10 @@ def _pad_pairs(tokenizer, pairs: list[tuple[list[int], list[int]]]) -> dict:
 
 
 def train_bt_judge(base_path: str, pairs: list[dict], out: Path, *, steps: int = JUDGE_STEPS, batch_size: int = JUDGE_BATCH,
-                   lr: float = JUDGE_LR, seed: int = 0) -> None:
+                   lr: float = JUDGE_LR, seed: int = 0) -> int:
     """Train a reward model on preference pairs with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected),
-    starting from `base_path` (a causal LM: its body is reused, the score head is new), and save it to `out`."""
+    starting from `base_path` (a causal LM: its body is reused, the score head is new), and save it to `out`.
+    Returns the tokens it forwarded and back-propagated (its training cost)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -138,11 +139,12 @@ def train_bt_judge(base_path: str, pairs: list[dict], out: Path, *, steps: int =
         return LossOutput(-torch.nn.functional.logsigmoid(margin).mean(),
                           {"accuracy": (margin > 0).float().mean().detach()})
 
-    train_loop(model, step_loss, loader, optimizer, schedule, max_steps=steps, max_grad_norm=1.0, log_steps=50,
-               desc="judge (Bradley-Terry)")
+    state = train_loop(model, step_loss, loader, optimizer, schedule, max_steps=steps, max_grad_norm=1.0, log_steps=50,
+                       desc="judge (Bradley-Terry)")
     model.eval()
     model.save_pretrained(out)  # safetensors
     tokenizer.save_pretrained(out)
+    return state.tokens
 
 
 def proxy_reward_model(sft_path: str, sft_fingerprint: str, pairs: list[dict], cache_dir: str, steps: int) -> tuple[str, bool]:
@@ -160,8 +162,9 @@ def proxy_reward_model(sft_path: str, sft_fingerprint: str, pairs: list[dict], c
         from harness.embedded.build import build_threads
 
         with build_threads():
-            train_bt_judge(sft_path, pairs, out, steps=steps)
-        (out / "judge_info.json").write_text(json.dumps({"train_pairs": len(pairs), "steps": steps, "role": "proxy"}))
+            tokens = train_bt_judge(sft_path, pairs, out, steps=steps)
+        (out / "judge_info.json").write_text(json.dumps({"train_pairs": len(pairs), "steps": steps, "role": "proxy",
+                                                         "tokens_trained": tokens}))
 
     folder, hit = cached_dir(cache_dir, "proxy-reward-model", key, build)
     return str(folder), hit

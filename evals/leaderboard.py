@@ -1,162 +1,66 @@
 """Leaderboards: pure functions of the run records (pandas), written as markdown and CSV.
 
-A row is one configuration: every completed run whose resolved config is equal except train.seed.
-It shows the mean over seeds with a 95% interval over seeds x prompts (recomputed from the per-prompt
-outcomes in the records, never an average of interval bounds), the per-seed min and max, the mean and
-median KL, the judge's validity on the row's own outputs, and whether the row is significantly worse
-than the best row (paired bootstrap over prompts and seeds). A sweep's folder holds its spec
-(spec.json): when it has a selection rule, the board shows each method's configuration picked on the
-validation prompts under the rule's KL budget, reported on the test prompts.
+A row is one configuration (evals/rows.py): every completed run whose resolved config is equal except
+train.seed. It shows the mean over seeds with a 95% interval over seeds x distinct prompts (recomputed
+from the per-prompt outcomes in the records, never an average of interval bounds), the per-seed min and
+max, the mean and median KL, the judge's validity on the row's own outputs, and, by the judge and by gold,
+whether the row differs from the validation-best row (evals/significance.py: paired bootstrap,
+Holm-corrected). A sweep's folder holds its spec (spec.json): with a selection rule the board shows each
+method's configuration picked on validation under the rule's KL budget (evals/selection.py), reported on
+its fresh-seed test runs, and the verdict recomputed across KL budgets (stability.csv); with
+`rank_within` it is one board per value of that key.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
-from .aggregate import paired_difference, seed_prompt_interval
-from .collapse import THRESHOLDS_TEXT, collapse_summary
-from .store import IGNORED_PARAMS, display_path, load_records
-
-# Means over seeds of these per-run metrics (where the records have them).
-MEANS = ("gold_reward", "gold_reward_sft", "kl_to_sft", "kl_per_token", "judge_agreement_run", "judge_agreement_heldout",
-         "heldout_pref_accuracy", "heldout_pref_accuracy_sft", "heldout_pref_gain", "heldout_pref_ceiling", "mean_length", "mean_length_sft",
-         "distinct_2", "distinct_2_per_response", "distinct_2_per_response_sft", "repeat_rate", "repeat_rate_sft",
-         "pairs_seen", "final_train_loss", "val_win_rate", "val_kl_to_sft", "compute_tokens")
+from .collapse import THRESHOLDS_TEXT
+from .rows import MEANS, configuration_table, grid_edges  # noqa: F401  (re-exported: the board's building blocks)
+from .selection import Selection, fragile_verdicts, kl_stability, select_best, stored_selection, stored_spec  # noqa: F401
+from .significance import ALPHA, rank
+from .store import display_path, load_records
 
 
-class Selection(BaseModel):
-    """Pick each method's best configuration on the validation prompts, report it on the test prompts.
-
-    A configuration is eligible when its mean validation KL to SFT (over seeds) is within `kl_budget`
-    nats, so methods are compared at matched drift rather than at whatever KL one learning rate gives."""
-
-    model_config = ConfigDict(extra="forbid")
-    metric: str = "val_win_rate"
-    mode: str = Field("max", pattern="^(max|min)$")
-    kl_budget: float | None = Field(None, gt=0, description="max mean val_kl_to_sft (nats) of an eligible configuration")
-
-
-def _outcome_matrix(runs: pd.DataFrame, scorer: str, split: str = "test") -> np.ndarray | None:
-    """seeds x prompts outcomes of one configuration, or None when a run lacks them."""
-    rows = [o.get(split, {}).get(scorer) for o in runs["outcomes"]]
-    if any(r is None for r in rows) or len({len(r) for r in rows}) != 1:
-        return None
-    return np.asarray(rows, dtype=np.float64)
-
-
-def _configuration_row(runs: pd.DataFrame) -> dict:
-    first = runs.iloc[0]
-    row = {"method": first["method"], "params": first["params"], "learning_rate": first["learning_rate"],
-           "seeds": int(runs["seed"].nunique()), "prompts": first.get("num_prompts"), "judge": first.get("judge"),
-           "configuration": first["configuration"], "eval_prompts_fingerprint": first["eval_prompts_fingerprint"]}
-    for scorer, prefix in (("judge", ""), ("gold", "gold_")):
-        matrix = _outcome_matrix(runs, scorer)
-        if matrix is None:  # a record without per-prompt outcomes: its mean, but no interval can be recomputed
-            if f"{prefix}win_rate" in runs.columns and runs[f"{prefix}win_rate"].notna().all():
-                row[f"{prefix}win_rate"] = float(runs[f"{prefix}win_rate"].mean())
-            continue
-        per_seed = matrix.mean(axis=1)
-        low, high = seed_prompt_interval(matrix)
-        row.update({f"{prefix}win_rate": float(matrix.mean()), f"{prefix}win_rate_low": low,
-                    f"{prefix}win_rate_high": high, f"{prefix}win_rate_min": float(per_seed.min()),
-                    f"{prefix}win_rate_max": float(per_seed.max())})
-    judge, gold = _outcome_matrix(runs, "judge"), _outcome_matrix(runs, "gold")
-    if judge is not None and gold is not None:
-        low, high = seed_prompt_interval(judge - gold)
-        row.update({"judge_gold_gap": float((judge - gold).mean()), "judge_gold_gap_low": low,
-                    "judge_gold_gap_high": high, "judge_gap_flag": bool(low > 0 or high < 0)})
-    for metric in MEANS:
-        if metric in runs.columns and runs[metric].notna().all():
-            row[metric] = float(runs[metric].mean())
-    if "kl_to_sft" in runs.columns:
-        row["kl_to_sft_median"] = float(runs["kl_to_sft"].median())
-    row["collapsed"] = collapse_summary(runs)
-    return row
-
-
-def mark_significance(table: pd.DataFrame, records: pd.DataFrame) -> pd.DataFrame:
-    """Sort by mean win rate and compare every row with the top one on the same prompts and judge:
-    `gap_to_best` is the row's win rate minus the best's with its 95% paired interval, and `significance`
-    is "best", "n.s." (that interval contains 0: not significantly worse than the best) or "worse"."""
-    table = table.sort_values("win_rate", ascending=False, ignore_index=True)
-    done = records[records["status"] == "completed"]
-    matrices = {key: _outcome_matrix(runs, "judge") for key, runs in done.groupby("configuration")}
-    best = table.iloc[0]
-    marks, diffs, lows, highs = [], [], [], []
-    for row in table.itertuples(index=False):
-        a, b = matrices.get(best["configuration"]), matrices.get(row.configuration)
-        comparable = (a is not None and b is not None and a.shape[1] == b.shape[1] and row.judge == best["judge"]
-                      and row.eval_prompts_fingerprint == best["eval_prompts_fingerprint"])
-        if row.configuration == best["configuration"]:
-            marks.append("best"), diffs.append(0.0), lows.append(0.0), highs.append(0.0)
-        elif not comparable:
-            marks.append("not comparable"), diffs.append(np.nan), lows.append(np.nan), highs.append(np.nan)
-        else:
-            diff, low, high = paired_difference(b, a)  # this row minus the best: negative when worse
-            marks.append("worse" if high < 0 else "n.s."), diffs.append(diff), lows.append(low), highs.append(high)
-    return table.assign(significance=marks, gap_to_best=diffs, gap_to_best_low=lows, gap_to_best_high=highs)
-
-
-def leaderboard(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per configuration (seeds pooled), best mean judge win rate first, with significance marks
-    and grid-edge flags."""
-    done = records[records["status"] == "completed"]
-    if done.empty:
-        return pd.DataFrame()
-    table = pd.DataFrame([_configuration_row(runs) for _, runs in done.groupby("configuration", sort=False)])
-    table["grid_edge"] = [grid_edges(records[records["method"] == row.method], row.configuration)
-                          for row in table.itertuples(index=False)]
-    if "win_rate" not in table.columns:  # runs without evaluation: nothing to rank or test
+def leaderboard(records: pd.DataFrame, rank_within: str | None = None) -> pd.DataFrame:
+    """One row per configuration (seeds pooled), with judge and gold marks against the validation-best row
+    and grid-edge flags. `rank_within` (a config key such as train.learning_rate): each value of it is its
+    own board (own reference row, own family), stacked in the key's order."""
+    table = configuration_table(records)
+    if table.empty or "win_rate" not in table.columns:  # runs without evaluation: nothing to rank or test
         return table
-    return mark_significance(table, records)
+    if not rank_within:
+        return rank(table, records)
+    values = table["configuration"].map(_setting(records, rank_within))
+    parts = [rank(part, records).assign(**{"group": f"{rank_within}={value:g}" if isinstance(value, float) else
+                                           f"{rank_within}={value}"})
+             for value, part in table.groupby(values, sort=True)]
+    return pd.concat(parts, ignore_index=True)
 
 
-def grid_edges(records: pd.DataFrame, configuration: str) -> str:
-    """The swept settings (config keys that differ between the method's runs, seed aside) at which
-    `configuration` sits at the smallest or largest value tried: an optimum there is not bracketed."""
-    flat = pd.json_normalize(list(records["config"])).set_index(records["configuration"].to_numpy())
-    flat = flat.drop(columns=[c for c in flat.columns if c.split(".")[0] in ("output_dir", "cache_dir", "name", "wandb")
-                              or c == "train.seed" or c in {f"method.{p}" for p in IGNORED_PARAMS}])
-    swept = [c for c in flat.columns if flat[c].astype(str).nunique() > 1]
-    chosen = flat.loc[[configuration]].iloc[0]
-    edges = []
-    for column in swept:
-        values = pd.to_numeric(flat[column], errors="coerce")
-        if values.notna().all():
-            if chosen[column] == values.min():
-                edges.append(f"{column} lowest")
-            elif chosen[column] == values.max():
-                edges.append(f"{column} highest")
-    return ", ".join(edges)
-
-
-def select_best(records: pd.DataFrame, selection) -> pd.DataFrame:
-    """Each method's configuration with the best mean validation metric among those whose mean validation
-    KL to SFT is within the selection's budget (none within it: the lowest-KL one, marked), reported on
-    the test prompts, with significance marks among the chosen rows and grid-edge flags."""
-    table = leaderboard(records)
-    if table.empty:
-        return table
-    if selection.metric not in table.columns:
+def _setting(records: pd.DataFrame, key: str) -> dict:
+    """configuration -> the value of a dotted config key."""
+    flat = pd.json_normalize(list(records["config"]))
+    if key not in flat.columns:
         from harness.errors import BadInput
 
-        raise BadInput(f"selection metric {selection.metric!r} is in no run record (was eval.num_val_prompts set?)")
-    chosen = []
-    for method, rows in table.groupby("method", sort=False):
-        budget = selection.kl_budget
-        eligible = rows if budget is None else rows[rows["val_kl_to_sft"] <= budget]
-        note = "" if not eligible.empty else "no configuration within the KL budget; lowest KL shown"
-        pool = eligible if not eligible.empty else rows.nsmallest(1, "val_kl_to_sft")
-        best = pool.sort_values(selection.metric, ascending=selection.mode == "min").iloc[0]
-        chosen.append({**best.to_dict(), "configurations_tried": len(rows), "within_budget": len(eligible),
-                       "selection_note": note})
-    board = pd.DataFrame(chosen).drop(columns=["significance", "gap_to_best", "gap_to_best_low", "gap_to_best_high"])
-    return mark_significance(board, records)
+        raise BadInput(f"rank_within: {key!r} is not a config key of these records")
+    return dict(zip(records["configuration"], flat[key]))
+
+
+def unequal_data(table: pd.DataFrame) -> str:
+    """A sentence when the offline rows of a board saw different numbers of preference pairs, else ''."""
+    if "pairs_seen" not in table.columns:
+        return ""
+    seen = table["pairs_seen"].dropna()
+    if seen.nunique() <= 1:
+        return ""
+    counts = ", ".join(f"{r.method} {r.pairs_seen:.0f}" for r in table.dropna(subset=["pairs_seen"]).itertuples())
+    return (f"Unequal data: the offline rows saw different numbers of preference pairs ({counts}); their "
+            "comparison mixes method and data budget.")
 
 
 def cell(value) -> str:
@@ -176,20 +80,28 @@ def _interval(row, key: str) -> str:
     return f"{row[key]:.3f} [{row[f'{key}_low']:.3f}, {row[f'{key}_high']:.3f}]"
 
 
+def _mark(row, prefix: str) -> str:
+    mark = row.get(f"{prefix}significance")
+    if not isinstance(mark, str):
+        return ""
+    if mark in ("better", "worse", "n.s."):
+        return (f"{mark} ({row[f'{prefix}gap_to_best']:+.3f} [{row[f'{prefix}gap_to_best_low']:+.3f}, "
+                f"{row[f'{prefix}gap_to_best_high']:+.3f}], Holm p={row[f'{prefix}p_holm']:.3f})")
+    return mark
+
+
 def display_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
     """The table a reader scans (markdown and terminal): estimates with their intervals in one cell,
     baselines beside them."""
     out = []
     for _, row in table.iterrows():
         get = lambda key, fmt="{:.3f}": fmt.format(row[key]) if key in row and pd.notna(row[key]) else ""  # noqa: E731
+        compute = row.get("compute_tokens_with_reward_model", row.get("compute_tokens"))
         cells = {"method": row["method"], "params": row["params"], "lr": cell(row["learning_rate"]),
-                 "seeds": str(row["seeds"]), "grid edge": row.get("grid_edge") or "-",
-                 "judge win rate [95% CI]": _interval(row, "win_rate"),
+                 "seeds": str(row["seeds"]),
+                 "judge win rate [95% CI]": _interval(row, "win_rate"), "judge vs best": _mark(row, ""),
+                 "gold win rate [95% CI]": _interval(row, "gold_win_rate"), "gold vs best": _mark(row, "gold_"),
                  "seed min-max": f"{row['win_rate_min']:.3f}-{row['win_rate_max']:.3f}" if "win_rate_min" in row else "",
-                 "vs best": row["significance"] + (f" ({row['gap_to_best']:+.3f} [{row['gap_to_best_low']:+.3f}, "
-                                                    f"{row['gap_to_best_high']:+.3f}])"
-                                                    if row["significance"] in ("n.s.", "worse") else ""),
-                 "gold win rate [95% CI]": _interval(row, "gold_win_rate"),
                  "gold reward (SFT)": f"{get('gold_reward')} ({get('gold_reward_sft')})" if "gold_reward" in row else "",
                  "KL mean / median (per token)": f"{get('kl_to_sft')} / {get('kl_to_sft_median')} ({get('kl_per_token')})",
                  "judge-gold gap [95% CI]": (_interval(row, "judge_gold_gap") + (" FLAG" if row.get("judge_gap_flag") else "")),
@@ -199,17 +111,26 @@ def display_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
                                                    f"{get('heldout_pref_ceiling')})" if "heldout_pref_accuracy" in row else "",
                  "length (SFT)": f"{get('mean_length', '{:.1f}')} ({get('mean_length_sft', '{:.1f}')})",
                  "distinct-2 per resp. / pooled": f"{get('distinct_2_per_response')} / {get('distinct_2')}",
-                 "repeat rate (SFT)":
-                     f"{get('repeat_rate')} ({get('repeat_rate_sft')})", "pairs seen": get("pairs_seen", "{:.0f}"),
-                 "compute (M tok-eq)": f"{row['compute_tokens'] / 1e6:.2f}" if pd.notna(row.get("compute_tokens")) else "",
-                 "win gain per M tok-eq": (f"{(row['win_rate'] - 0.5) / (row['compute_tokens'] / 1e6):+.3f}"
-                                           if pd.notna(row.get("compute_tokens")) and "win_rate" in row else "")}
+                 "repeat rate (SFT)": f"{get('repeat_rate')} ({get('repeat_rate_sft')})",
+                 "pairs seen": get("pairs_seen", "{:.0f}"),
+                 "compute (M tok-eq)": f"{compute / 1e6:.2f}" if pd.notna(compute) else "",
+                 "reward model (M tok-eq, whole)": (f"{row['reward_model_compute_tokens'] / 1e6:.2f} / "
+                                                    f"{row['reward_model_runs_sharing']:.0f} runs"
+                                                    if pd.notna(row.get("reward_model_compute_tokens")) else ""),
+                 "win gain per M tok-eq": (f"{(row['win_rate'] - 0.5) / (compute / 1e6):+.3f}"
+                                           if pd.notna(compute) and "win_rate" in row else ""),
+                 "grid edge": row.get("grid_edge") or "-"}
+        if not cells["reward model (M tok-eq, whole)"]:  # offline rows: shown only when a row has one
+            cells.pop("reward model (M tok-eq, whole)")
         if selected:
-            cells = {**{k: cells[k] for k in ("method", "params", "lr", "seeds")},
-                     "val win rate": get("val_win_rate"), "val KL": get("val_kl_to_sft"),
+            cells = {**{k: cells[k] for k in ("method", "params", "lr")},
+                     "tuned (configs)": get("configurations_tried", "{:.0f}"),
+                     "val win rate (judge / gold)": f"{get('val_win_rate')} / {get('val_gold_win_rate')}",
+                     "val KL": get("val_kl_to_sft"), "test seeds": str(row.get("test_seeds", "")),
                      **{k: v for k, v in cells.items() if k not in ("method", "params", "lr", "seeds")}}
         out.append(cells)
-    return out
+    columns = list(dict.fromkeys(k for r in out for k in r))  # every row shows the same columns
+    return [{k: r.get(k, "") for k in columns} for r in out]
 
 
 def to_markdown(rows: list[dict[str, str]]) -> str:
@@ -221,23 +142,25 @@ def to_markdown(rows: list[dict[str, str]]) -> str:
     return "\n".join([head, rule, *body]) + "\n"
 
 
-def stored_selection(folder: Path) -> Selection | None:
-    """The selection rule of the sweep whose folder this is (its spec.json), or None."""
-    path = folder / "spec.json"
-    selection = json.loads(path.read_text()).get("selection") if path.is_file() else None
-    return Selection.model_validate(selection) if selection else None
-
-
 def legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection) -> str:
+    done = records[records["status"] == "completed"]
     judge = ", ".join(sorted({str(j) for j in table.get("judge", pd.Series(dtype=str)).dropna()}))
-    lines = [f"From {len(records)} run records under `{display_path(folder)}` ({int((records['status'] == 'completed').sum())} completed); "
-             f"judge: {judge}; each row pools the seeds of one configuration (equal resolved config but train.seed).",
+    distinct = ", ".join(f"{n:.0f}" for n in sorted(table["distinct_prompts"].dropna().unique())) \
+        if "distinct_prompts" in table.columns else "?"
+    family = table["family_size"].max() if "family_size" in table.columns else 0
+    chosen_on = ", ".join(sorted(set(table["reference_on"].dropna()))) if "reference_on" in table.columns else ""
+    lines = [f"From {len(records)} run records under `{display_path(folder)}` ({len(done)} completed); "
+             f"judge: {judge}; each row pools the seeds of one configuration (equal resolved config but train.seed); "
+             f"{distinct} distinct test prompts.",
              "",
              "- Win rates are against the SFT model on the test prompts (ties count one half): the mean over seeds, "
-             "a 95% bootstrap interval over seeds x prompts, and the per-seed min-max.",
-             "- vs best: the row's win rate minus the top row's, with a 95% paired bootstrap interval over prompts "
-             "and seeds; n.s. = not significantly worse than the best (the interval contains 0): the order among the "
-             "best and the n.s. rows is not supported by the data.",
+             "a 95% bootstrap interval over seeds x distinct prompts (a prompt asked twice is one draw), and the "
+             "per-seed min-max. Gold: the task's true reward judges instead of the reward model.",
+             f"- vs best: the row's test win rate minus the reference row's, with a 95% paired bootstrap interval over "
+             f"distinct prompts and seeds and a Holm-corrected p-value over the board's {family:.0f} comparison(s) per "
+             f"scorer; better / worse where the corrected p < {ALPHA:g}, else n.s. (the order among the best and the "
+             f"n.s. rows is not supported by the data). The reference row (best) is the one with the highest mean "
+             f"validation win rate by that scorer ({chosen_on or 'validation'}), chosen before the test numbers.",
              "- KL(policy || SFT) in nats from plain samples of the policy: mean and median over seeds, and the mean "
              "per-token KL.",
              "- judge-gold gap: judge win rate minus gold win rate on the row's own outputs; FLAG when its interval "
@@ -251,30 +174,67 @@ def legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection) 
              "(an unpaired row is half a pair; online methods sample instead, their reward model saw the pairs).",
              "- compute: millions of forward-token equivalents per run (3 x tokens trained, as a backward costs about "
              "two forwards, + tokens forwarded without gradients: reference, old policy, reward model + tokens "
-             "sampled); win gain per M tok-eq: (judge win rate - 0.5) / compute. Records from before cost accounting "
-             "leave both empty.",
+             "sampled), plus for an online method its share of the proxy reward model's training (the whole cost, "
+             "and the runs sharing it, in `reward model`); win gain per M tok-eq: (judge win rate - 0.5) / compute.",
              f"- collapsed: seeds whose test responses degenerate or reward-hack, relative to SFT: {THRESHOLDS_TEXT}.",
              "- grid edge names a swept setting (a config key that differs between the method's runs, seeds aside) "
              "whose value in this row is the smallest or largest tried: an optimum there is not bracketed."]
+    if "gold_win_rate" not in table.columns:
+        lines.append("- No gold reward on this task: the judge's verdict cannot be checked against the truth here.")
     if selection is not None:
         budget = f" among those with mean val KL <= {selection.kl_budget:g} nats" if selection.kl_budget else ""
-        lines += [f"- Selection: per method, the configuration with the {selection.mode} mean {selection.metric} on the "
-                  f"validation prompts{budget}; reported on the test prompts."]
+        tested = "stage" in table.columns and (table["stage"] == "test").all()
+        lines += [f"- Selection: per method, the configuration with the {selection.mode} mean validation "
+                  f"{selection.metric} win rate{budget}, over its selection seeds; `tuned` is the number of "
+                  "configurations the method was given (its tuning budget). "
+                  + (f"Test columns: {len(selection.test_seeds)} fresh seeds per pick, none used in selection."
+                     if tested else "Test columns: the selection seeds (no fresh-seed test stage).")]
+    warning = unequal_data(table)
+    if warning:
+        lines.append(f"- {warning}")
     return "\n".join(lines)
 
 
+def stability_rows(stability: pd.DataFrame) -> list[dict[str, str]]:
+    """The stability table as a reader scans it: per budget, each method's pick and its marks."""
+    rows = []
+    for budget, part in stability.groupby("kl_budget", sort=False):
+        row = {"KL budget (nats)": budget}
+        for _, r in part.iterrows():
+            row[r["method"]] = (f"{r['params']} lr {cell(r['learning_rate'])}: judge {cell(r['win_rate'])} "
+                                f"{r['significance']}" + (f", gold {cell(r['gold_win_rate'])} {r['gold_significance']}"
+                                                          if isinstance(r.get("gold_significance"), str) else ""))
+        rows.append(row)
+    return rows
+
+
 def write_leaderboard(folder: str | Path, out: str | Path | None = None) -> list[dict[str, str]]:
-    """Write leaderboard.csv (every column) and leaderboard.md under `out` (default: `folder`); returns the
-    rows as displayed."""
+    """Write leaderboard.csv (every column) and leaderboard.md under `out` (default: `folder`), and with a
+    selection rule stability.csv (the verdict across KL budgets); returns the rows as displayed."""
     folder = Path(folder)
     out = Path(out or folder)
     records = load_records(folder)
     selection = stored_selection(folder)
-    table = select_best(records, selection) if selection else leaderboard(records)
+    table = (select_best(records, selection) if selection
+             else leaderboard(records, stored_spec(folder).get("rank_within")))
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "leaderboard.csv", index=False)
     title = "best configuration per method (picked on validation, reported on test)" if selection else "leaderboard"
     rows = display_rows(table, selection is not None)
-    (out / "leaderboard.md").write_text(f"# {title}\n\n{legend(table, records, folder, selection)}\n\n"
-                                        f"{to_markdown(rows)}")
+    text = f"# {title}\n\n{legend(table, records, folder, selection)}\n\n"
+    if "group" in table.columns:  # one board per value of rank_within
+        for group, part in table.groupby("group", sort=False):
+            text += f"## {group}\n\n{to_markdown(display_rows(part, False))}\n"
+    else:
+        text += to_markdown(rows)
+    if selection is not None:
+        stability = kl_stability(records, selection)
+        if not stability.empty:
+            stability.to_csv(out / "stability.csv", index=False)
+            text += ("\n## The verdict across KL budgets\n\nPicks and marks recomputed from the selection-stage runs "
+                     "(picked on their validation prompts, judged on their test prompts) at each budget:\n\n"
+                     + to_markdown(stability_rows(stability))
+                     + "".join(f"\n- {line}" for line in fragile_verdicts(stability) or
+                               ["No verdict changes over these budgets."]) + "\n")
+    (out / "leaderboard.md").write_text(text)
     return rows

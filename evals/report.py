@@ -23,7 +23,8 @@ import pandas as pd
 
 from .aggregate import seed_prompt_interval
 from .collapse import THRESHOLDS_TEXT, collapse_reasons
-from .leaderboard import display_rows, leaderboard, legend, select_best, stored_selection, to_markdown
+from .leaderboard import display_rows, leaderboard, legend, stability_rows, to_markdown, unequal_data
+from .selection import fragile_verdicts, kl_stability, select_best, stored_selection, stored_spec
 from .store import display_path, load_records
 
 FIGURE_DIR = "report_files"
@@ -233,31 +234,93 @@ def judge_gold_figure(done: pd.DataFrame, colors: dict) -> Figure | None:
 
 # ---------------------------------------------------------------- findings
 
-def findings(board: pd.DataFrame, done: pd.DataFrame) -> list[str]:
+def stability_figure(stability: pd.DataFrame, metric: str, colors: dict) -> Figure | None:
+    """Each method's picked configuration's test win rate at each KL budget, marked by its verdict."""
+    import matplotlib.pyplot as plt
+
+    if stability.empty:
+        return None
+    budgets = list(dict.fromkeys(stability["kl_budget"]))
+    scorers = [("win_rate", "significance", "judge")] + ([("gold_win_rate", "gold_significance", "gold")]
+                                                          if "gold_win_rate" in stability.columns else [])
+    fig, axes = plt.subplots(1, len(scorers), figsize=(5.2 * len(scorers), 3.8), squeeze=False)
+    markers = {"best": "*", "better": "^", "n.s.": "o", "worse": "v", "not comparable": "x"}
+    for ax, (column, mark, name) in zip(axes[0], scorers):
+        for method, rows in stability.groupby("method", sort=False):
+            x = [budgets.index(b) for b in rows["kl_budget"]]
+            ax.plot(x, rows[column], color=colors.get(method, "grey"), alpha=0.6, label=method)
+            for xi, (_, r) in zip(x, rows.iterrows()):
+                ax.scatter([xi], [r[column]], marker=markers.get(r[mark], "o"), s=60 if r[mark] == "best" else 28,
+                           color=colors.get(method, "grey"), zorder=3)
+        ax.set_xticks(range(len(budgets)), budgets)
+        ax.set_xlabel("KL budget of the selection (nats)")
+        ax.set_ylabel(f"{name} win rate vs SFT, test prompts")
+        ax.set_title(f"{name} verdict", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    return Figure("verdict_across_kl_budgets", "The verdict across KL budgets",
+                  f"At each KL budget (x axis) each method's configuration is picked again on the validation prompts "
+                  f"(best mean validation {metric} win rate within the budget) from the selection-stage runs, and "
+                  "judged on their test prompts: a star is the reference row, a triangle up / down a row "
+                  "significantly better / worse than it (Holm-corrected), a circle not significantly different. A "
+                  "line that jumps, or a marker that changes, is a verdict that depends on the analyst's budget.",
+                  _png(fig))
+
+
+def findings(board: pd.DataFrame, done: pd.DataFrame, stability: pd.DataFrame | None = None,
+             edge_notes: dict | None = None) -> list[str]:
     """Sentences that only restate what the numbers show."""
     if board.empty or "win_rate" not in board.columns:
         return ["No completed run with an evaluation: nothing to compare."]
     label = lambda r: f"{r['method']} ({r['params']}, lr {r['learning_rate']:g})"  # noqa: E731
-    best = board.iloc[0]
-    out = [f"Highest mean judge win rate over SFT: {label(best)}, {best['win_rate']:.3f} "
-           f"[{best['win_rate_low']:.3f}, {best['win_rate_high']:.3f}] over {best['seeds']} seed(s)."]
-    tied = [label(r) for _, r in board.iterrows() if r["significance"] == "n.s."]
-    worse = [label(r) for _, r in board.iterrows() if r["significance"] == "worse"]
-    if tied:
-        out.append(f"Not significantly different from it (paired 95% interval of the gap contains 0): {'; '.join(tied)}.")
-    if worse:
-        out.append(f"Significantly worse than it: {'; '.join(worse)}.")
+    out = []
+    boards = board.groupby("group", sort=False) if "group" in board.columns else [("", board)]
+    for group, part in boards:
+        where = f"At {group}: " if group else ""
+        for scorer, prefix in (("judge", ""), ("gold", "gold_")):
+            if f"{prefix}significance" not in part.columns:
+                continue
+            best = part[part[f"{prefix}significance"] == "best"].iloc[0]
+            out.append(f"{where}By {scorer}, the reference row (best on validation) is {label(best)}: test win rate "
+                       f"{best[f'{prefix}win_rate']:.3f} [{best[f'{prefix}win_rate_low']:.3f}, "
+                       f"{best[f'{prefix}win_rate_high']:.3f}] over {best['seeds']} seed(s).")
+            for verdict, text in (("n.s.", "Not significantly different from it"), ("better", "Significantly better than it"),
+                                  ("worse", "Significantly worse than it")):
+                rows = [label(r) for _, r in part.iterrows() if r[f"{prefix}significance"] == verdict]
+                if rows:
+                    out.append(f"{where}{text} by {scorer} (Holm-corrected over {int(part[f'{prefix}family_size'].max())} "
+                               f"comparisons): {'; '.join(rows)}.")
+        if "gold_significance" in part.columns:
+            differ = [f"{label(r)}: judge {r['significance']}, gold {r['gold_significance']}" for _, r in part.iterrows()
+                      if r["significance"] != r["gold_significance"]]
+            if differ:
+                out.append(f"{where}Judge and gold verdicts differ: {'; '.join(differ)}.")
+            if "judge_gold_gap" in part.columns and part["judge_gold_gap"].notna().any():
+                gaps = part["judge_gold_gap"].dropna()
+                out.append(f"{where}Measured judge bias on these rows' own outputs: judge minus gold win rate "
+                           f"{gaps.mean():+.3f} on average ({(gaps > 0).sum()} of {len(gaps)} rows overstated).")
     if "judge_gap_flag" in board.columns:
         for _, r in board[board["judge_gap_flag"].fillna(False).astype(bool)].iterrows():
             side = "overstates" if r["judge_gold_gap"] > 0 else "understates"
             out.append(f"On {label(r)} the judge {side} gold: judge {r['win_rate']:.3f}, gold {r['gold_win_rate']:.3f} "
                        f"(gap {r['judge_gold_gap']:+.3f} [{r['judge_gold_gap_low']:+.3f}, {r['judge_gold_gap_high']:+.3f}], "
                        "interval excluding 0); compare this row by its gold win rate.")
+    if "gold_win_rate" not in board.columns:
+        out.append("No gold reward on this task: the judge's verdict cannot be checked against the truth here.")
+    warning = unequal_data(board)
+    if warning:
+        out.append(warning)
     for _, r in board.iterrows():
         if r.get("collapsed"):
             out.append(f"{label(r)} collapsed in {r['collapsed']}.")
         if r.get("grid_edge"):
-            out.append(f"{label(r)} sits at the edge of its grid ({r['grid_edge']}): the optimum is not bracketed.")
+            reason = (edge_notes or {}).get(r["method"])
+            out.append(f"{label(r)} sits at the edge of its grid ({r['grid_edge']}): the optimum is not bracketed"
+                       + (f" ({reason})." if reason else "."))
+    if stability is not None:
+        out += fragile_verdicts(stability) or (["No pick or verdict changes across the KL budgets tried."]
+                                                if not stability.empty else [])
     collapsed = sorted({f"{run['method']} ({run['params']})" for _, run in done.iterrows() if collapse_reasons(run)}
                        - {f"{r['method']} ({r['params']})" for _, r in board.iterrows() if r.get("collapsed")})
     if collapsed:
@@ -291,9 +354,9 @@ def render(blocks: list[tuple], title: str) -> tuple[str, str, dict[str, bytes]]
     """(markdown, self-contained HTML, {file name: PNG bytes} for the markdown's figures)."""
     md, body, files = [f"# {title}", ""], [f"<h1>{html.escape(title)}</h1>"], {}
     for kind, *content in blocks:
-        if kind == "h2":
-            md += [f"## {content[0]}", ""]
-            body.append(f"<h2>{html.escape(content[0])}</h2>")
+        if kind in ("h2", "h3"):
+            md += [f"{'#' * int(kind[1])} {content[0]}", ""]
+            body.append(f"<{kind}>{html.escape(content[0])}</{kind}>")
         elif kind == "p":
             md += [content[0], ""]
             body.append(f"<p>{_inline(content[0])}</p>")
@@ -325,26 +388,39 @@ def build_report(folders: list[Path]) -> tuple[list[tuple], str, pd.DataFrame, l
     records = load_records(*folders)
     done = records[records["status"] == "completed"]
     selection = stored_selection(folders[0]) if len(folders) == 1 else None
-    board = select_best(records, selection) if selection else leaderboard(records)
+    spec = stored_spec(folders[0]) if len(folders) == 1 else {}
+    board = select_best(records, selection) if selection else leaderboard(records, spec.get("rank_within"))
+    stability = kl_stability(records, selection) if selection else None
     colors = _colors(list(dict.fromkeys(done["method"])))
     figures = [f for f in (win_rate_figure(done, colors), frontier_figure(done, colors),
                            training_curves_figure(done, board, colors), length_figure(done, colors),
                            judge_gold_figure(done, colors)) if f is not None] if not done.empty else []
+    verdict_figure = stability_figure(stability, selection.metric, colors) if stability is not None else None
     names = ", ".join(f"`{display_path(f)}`" for f in folders)
     judges = ", ".join(sorted({str(j) for j in done.get("judge", pd.Series(dtype=str)).dropna()})) or "none"
-    rule = (f"each method's configuration with the {selection.mode} mean {selection.metric} on the validation "
-            f"prompts" + (f" among those with mean validation KL <= {selection.kl_budget:g} nats" if selection.kl_budget
-                          else "") + ", reported on the test prompts" if selection
-            else "every configuration, best mean judge win rate first")
+    rule = (f"each method's configuration with the {selection.mode} mean validation {selection.metric} win rate"
+            + (f" among those with mean validation KL <= {selection.kl_budget:g} nats" if selection.kl_budget else "")
+            + ", reported on the test prompts" if selection
+            else "every configuration, the validation-best row first" + (f", one board per {spec['rank_within']}"
+                                                                        if spec.get("rank_within") else ""))
+    tables = ([("h3", group), ("table", display_rows(part, False))] for group, part in board.groupby("group", sort=False)) \
+        if "group" in board.columns else [[("table", display_rows(board, selection is not None))]]
+    stability_blocks = [("h2", "The verdict across KL budgets"),
+                        ("p", "Picks and marks recomputed from the selection-stage runs (picked on their validation "
+                              "prompts, judged on their test prompts) at each KL budget; the leaderboard above uses the "
+                              "spec's budget and, where the sweep ran one, the fresh-seed test stage."),
+                        ("table", stability_rows(stability)),
+                        *([("figure", verdict_figure)] if verdict_figure else [])] if stability is not None and not stability.empty else []
     blocks: list[tuple] = [
         ("p", f"From {len(records)} run records under {names} ({len(done)} completed). Judge: {judges}. "
               f"Regenerate without training: `harness report {' '.join(map(display_path, folders))}`."),
         ("h2", "Leaderboard"),
         ("p", f"Rows: {rule}. What the columns mean:"),
         ("ul", [line[2:] for line in legend(board, records, folders[0], selection).splitlines() if line.startswith("- ")]),
-        ("table", display_rows(board, selection is not None)) if not board.empty else ("p", "No completed run."),
+        *([block for part in tables for block in part] if not board.empty else [("p", "No completed run.")]),
         ("h2", "Findings"),
-        ("ul", findings(board, done)),
+        ("ul", findings(board, done, stability, spec.get("tuning", {}).get("edge_notes"))),
+        *stability_blocks,
         ("h2", "Collapse"),
         ("p", f"A run is flagged as collapsed when, on the test prompts and relative to the SFT model: {THRESHOLDS_TEXT}. "
               "The leaderboard's `collapsed` column counts the flagged seeds of each row."),

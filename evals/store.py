@@ -6,6 +6,8 @@ Record schema versions (`schema_version` in record.json):
        the fields of harness.record.RunRecord without `schema_version`
     2  adds `schema_version`; online methods' records, cost accounting (tokens trained, forwarded,
        generated; compute_tokens)
+    3  adds `prompt_clusters` (the distinct prompt of each outcome), `stage` (selection or test run of a
+       comparison) and `sweep` (the spec the run belongs to, as it ran, and its hash)
 A record of another version, one that is not JSON, or one missing a field is bad input naming the file.
 """
 
@@ -22,7 +24,7 @@ from harness.record import RECORD_NAME, RECORD_SCHEMA_VERSION, RunRecord
 
 from .aggregate import configuration_key
 
-SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSIONS = (1, 2, 3)
 # Fields every version has, that the leaderboard and the report read (the rest may be absent in old records).
 REQUIRED = ("trial_id", "status", "method", "method_params", "seed", "config", "config_hash", "metrics", "output_dir")
 IGNORED_PARAMS = ("gamma_beta_ratio",)  # derived from other parameters, shown once
@@ -91,6 +93,9 @@ def load_records(*folders: str | Path) -> pd.DataFrame:
                          "learning_rate": record["config"]["train"]["learning_rate"],
                          "configuration": configuration_key(record["config"]), "config": record["config"],
                          "eval_prompts_fingerprint": dataset.get("eval_prompts_fingerprint"),
-                         "outcomes": record.get("outcomes", {}), "path": str(path.parent), **{
+                         "outcomes": record.get("outcomes", {}), "prompt_clusters": record.get("prompt_clusters", {}),
+                         "stage": record.get("stage"), "eval_prompts_distinct": dataset.get("eval_prompts_distinct"),
+                         "reward_model_fingerprint": dataset.get("reward_model_fingerprint"),
+                         "path": str(path.parent), **{
                              k: v for k, v in record["metrics"].items() if isinstance(v, (int, float, str))}})
     return pd.DataFrame(rows)

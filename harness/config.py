@@ -63,7 +63,7 @@ class TaskConfig(_Strict):
     num_val_prompts: int = Field(200, ge=0)
     num_judge_pairs: int = Field(6000, gt=0)
     num_sft_examples: int = Field(4000, gt=0)
-    sft_steps: int = Field(300, gt=0)
+    sft_steps: int = Field(600, gt=0, description="SFT optimizer steps (600: the 50 x 24 prompt space needs them to stay on topic)")
     label_temperature: float = Field(1.0, gt=0, description="Bradley-Terry temperature of the preference labels")
 
 

@@ -16,7 +16,7 @@ from .cache import write_json_atomic
 from .tracking import finite_or_null
 
 RECORD_NAME = "record.json"
-RECORD_SCHEMA_VERSION = 2  # evals/store.py says what each version holds
+RECORD_SCHEMA_VERSION = 3  # evals/store.py says what each version holds
 
 
 class RunRecord(BaseModel):
@@ -37,6 +37,15 @@ class RunRecord(BaseModel):
     # Per-prompt win outcomes (1 win, 1/2 tie, 0 loss; k x k samples averaged) by split ("test", "val") and
     # scorer ("judge", "gold"): what seed aggregation and paired significance tests are computed from.
     outcomes: dict[str, dict[str, list[float]]] = Field(default_factory=dict)
+    # By split, the id of each outcome's distinct prompt (the index of its first occurrence): a prompt asked
+    # twice is one cluster of the bootstrap, never two independent draws.
+    prompt_clusters: dict[str, list[int]] = Field(default_factory=dict)
+    # In a comparison: "selection" (a run that picks configurations on validation prompts) or "test" (a
+    # fresh-seed re-run of a picked configuration, the only runs a comparison's test columns read).
+    stage: Literal["selection", "test"] | None = None
+    # The sweep this run belongs to: the spec as it ran (its grid expanded, extension rounds included) and
+    # that spec's hash.
+    sweep: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str | None] = Field(default_factory=dict)
     hardware: dict[str, Any] = Field(default_factory=dict)
     output_dir: str
@@ -72,7 +81,20 @@ def versions() -> dict[str, str | None]:
         except PackageNotFoundError:
             found[package] = None
     found["harness_git_commit"] = _git_commit()
+    found["harness_git_dirty"] = _git_dirty()
     return found
+
+
+def _git_dirty() -> str | None:
+    """Whether the harness's own code differed from its commit ("yes"/"no"): a record names the commit that
+    produced it only when it did not."""
+    try:
+        here = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "harness", "methods",
+                              "evals", "app", "sweeps"], cwd=here, capture_output=True, text=True, timeout=5)
+        return None if out.returncode else ("yes" if out.stdout.strip() else "no")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")

@@ -3,18 +3,25 @@
 Each trial trains, evaluates and writes its run record under <storage>/<spec>/runs/<trial>/; that dir is
 named by the trial's config, so a restarted or retried trial resumes from its own checkpoint, and a trial
 whose record is already complete is never trained again.
+
+A spec with a protocol (`selection.test_seeds`) runs a comparison in stages, each a Ray Tune experiment
+under tune*/: the selection stage (every configuration on the selection seeds), extension rounds where a
+pick sits at the edge of its grid (sweeps/protocol.py), then the test stage (each method's pick on fresh
+seeds). spec.json holds the spec as it ran: the configurations actually tried, rounds included, the picks,
+and its hash, which every record also carries.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-
-from .spec import SweepSpec, check_resources, expand
+from .protocol import SEED, tune_until_bracketed
+from .spec import SweepSpec, check_resources, expand, method_points, seeds_of
 
 # Passed to Ray workers explicitly: they do not see variables set after ray.init.
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "HARNESS_CACHE_DIR", "WANDB_MODE", "WANDB_API_KEY",
@@ -40,7 +47,8 @@ def run_trial(params: dict[str, Any]) -> None:
         out.mkdir(parents=True, exist_ok=True)
         with (out / "attempts.jsonl").open("a") as handle:
             handle.write(json.dumps({"started": time.time(), "pid": os.getpid()}) + "\n")
-        record = pipeline.train(trial["config"], spec=params["spec"], trial_id=trial["name"])
+        record = pipeline.train(trial["config"], spec=params["spec"], trial_id=trial["name"], stage=trial.get("stage"),
+                                sweep=params.get("sweep"))
     tune.report({k: v for k, v in record.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
@@ -68,6 +76,12 @@ def _ray_init(address: str | None) -> None:
                  log_to_driver=False, configure_logging=False)
 
 
+def _spec_as_run(spec: SweepSpec, points: list[dict], tuning: dict | None = None) -> dict:
+    """The spec with the configurations actually tried (extension rounds included), and its hash."""
+    tree = {**spec.model_dump(mode="json"), "expanded": points, **({"tuning": tuning} if tuning else {})}
+    return {**tree, "spec_hash": hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]}
+
+
 def run_sweep(spec: SweepSpec, spec_path: Path | str, *, resume: bool = False, address: str | None = None,
               overrides: list[str] | None = None) -> Path:
     """Run (or resume) a sweep; returns its folder (records under runs/, leaderboard files beside them)."""
@@ -77,19 +91,20 @@ def run_sweep(spec: SweepSpec, spec_path: Path | str, *, resume: bool = False, a
         # default whenever a token is at hand. Ray reads the mode when it is imported: set it first.
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
-    from ray import tune
 
     from app import pipeline
 
-    trials = expand(spec, spec_path, overrides)
+    where = str(spec_path)
+    points = method_points(spec, where)
+    trials = expand(spec, spec_path, overrides, points=points)
     if not address and not os.environ.get("RAY_ADDRESS"):
-        check_resources(spec.resources, {}, str(spec_path))
+        check_resources(spec.resources, {}, where)
     root = Path(trials[0]["config"]["output_dir"]).parents[1]
-    storage = root.parent
     root.mkdir(parents=True, exist_ok=True)
-    (root / "trials.json").write_text(json.dumps([{k: t[k] for k in ("name", "point")} for t in trials], indent=1))
+    (root / "trials.json").write_text(json.dumps([{k: t[k] for k in ("name", "point", "stage")} for t in trials], indent=1))
     # The spec travels with its records: `harness leaderboard DIR` applies the selection rule stored here.
-    (root / "spec.json").write_text(spec.model_dump_json(indent=1))
+    as_run = _spec_as_run(spec, points)
+    (root / "spec.json").write_text(json.dumps(as_run, indent=1))
 
     # Prepare once per distinct (model, data, eval) setup; the trials then only read the cache.
     prepared: dict[str, Any] = {}
@@ -103,25 +118,72 @@ def run_sweep(spec: SweepSpec, spec_path: Path | str, *, resume: bool = False, a
 
     _ray_init(address)
     try:
-        check_resources(spec.resources, ray.cluster_resources(), str(spec_path))
-        trainable = tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
-        experiment = str(storage / spec.name / "tune")
-        if resume and tune.Tuner.can_restore(experiment):
-            tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True)
-        else:
-            if resume:
-                print(f"harness: nothing to resume at {experiment}; starting the sweep")
-            tuner = tune.Tuner(
-                trainable,
-                param_space={"spec": spec.name, "trial": tune.grid_search(trials)},
-                # A trial's worker process is kept for the next trial: torch, transformers and the harness
-                # are imported once per process, not once per trial (every trial sets its own seeds).
-                tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
-                run_config=tune.RunConfig(name="tune", storage_path=str(storage / spec.name), verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
-        results = tuner.fit()
+        check_resources(spec.resources, ray.cluster_resources(), where)
+        _fit(spec, trials, root, "tune", as_run, resume)
+        if spec.protocol:
+            _run_protocol(spec, spec_path, overrides, points, root, resume)
     finally:
         ray.shutdown()
+    return root
+
+
+def _run_protocol(spec: SweepSpec, spec_path, overrides, points: list[dict], root: Path, resume: bool) -> None:
+    """Extension rounds until each method's pick is interior (or a limit is reached), then the test stage."""
+    from evals.selection import picks
+    from evals.rows import configuration_table
+    from evals.store import load_records
+
+    selection, seeds = spec.selection, seeds_of(spec, str(spec_path))
+    by_method: dict[str, list[dict]] = {}
+    for point in points:
+        by_method.setdefault(point["method.name"], []).append(point)
+    tried = [dict(p) for p in points]
+    rounds = [0]
+
+    def pick(current: dict[str, list[dict]]) -> dict[str, dict]:
+        new = [p for ps in current.values() for p in ps if p not in tried]
+        if new:
+            tried.extend(new)
+            rounds[0] += 1
+            _fit(spec, expand(spec, spec_path, overrides, points=new, seeds=seeds), root, f"tune-extend-{rounds[0]}",
+                 _spec_as_run(spec, tried), resume)
+        records = load_records(root / "runs")
+        records = records[records["stage"] == "selection"]
+        point_of = {t["name"]: {k: v for k, v in t["point"].items() if k != SEED}
+                    for t in expand(spec, spec_path, overrides, points=tried, seeds=seeds)}
+        trial_of = dict(zip(records["configuration"], records["trial"]))  # a record's config holds every default
+        board = picks(configuration_table(records), selection)
+        return {row["method"]: point_of[trial_of[row["configuration"]]] for _, row in board.iterrows()}
+
+    by_method, chosen, notes, ran = tune_until_bracketed(by_method, pick, selection.limits, selection.extend_rounds)
+    tuning = {"extension_rounds": ran, "picks": chosen, "edge_notes": notes,
+              "budget": {m: len(p) for m, p in by_method.items()}}
+    as_run = _spec_as_run(spec, tried, tuning)
+    (root / "spec.json").write_text(json.dumps(as_run, indent=1))
+    test = expand(spec, spec_path, overrides, points=list(chosen.values()), seeds=selection.test_seeds, stage="test")
+    _fit(spec, test, root, "tune-test", as_run, resume)
+
+
+def _fit(spec: SweepSpec, trials: list[dict], root: Path, experiment: str, as_run: dict, resume: bool) -> None:
+    """One stage of the sweep as one Ray Tune experiment under root/<experiment>."""
+    from ray import tune
+
+    trainable = tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    path = str(root / experiment)
+    if resume and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
+    else:
+        if resume:
+            print(f"harness: nothing to resume at {path}; starting this stage")
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"spec": spec.name, "trial": tune.grid_search(trials),
+                         "sweep": {"name": spec.name, "spec_hash": as_run["spec_hash"], "spec": as_run}},
+            # A trial's worker process is kept for the next trial: torch, transformers and the harness
+            # are imported once per process, not once per trial (every trial sets its own seeds).
+            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+            run_config=tune.RunConfig(name=experiment, storage_path=str(root), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
+    results = tuner.fit()
     if results.errors:  # Tuner.fit() does not raise when trials fail
         raise RuntimeError(f"{len(results.errors)} of {len(trials)} trials failed; first: {results.errors[0]}")
-    return root

@@ -99,13 +99,13 @@ def test_paired_difference_uses_the_pairing_of_prompts():
     difficulty = rng.random(300)  # prompts differ far more than the two methods do
     base = np.tile(difficulty, (3, 1)) + rng.normal(0, 0.01, (3, 300))
     better = base + 0.03
-    diff, low, high = paired_difference(better, base)
-    assert diff == pytest.approx(0.03) and low > 0  # resampled together, the prompts' spread cancels
+    diff, low, high, p = paired_difference(better, base)
+    assert diff == pytest.approx(0.03) and low > 0 and p < 0.01  # resampled together, the prompts' spread cancels
     unpaired = np.percentile(better.mean(axis=0)[rng.integers(0, 300, (2000, 300))].mean(axis=1)
                              - base.mean(axis=0)[rng.integers(0, 300, (2000, 300))].mean(axis=1), 2.5)
     assert unpaired < 0  # resampled apart, the same difference would not be significant
-    diff, low, high = paired_difference(base, base[[1, 2, 0]])
-    assert low <= 0 <= high
+    diff, low, high, p = paired_difference(base, base[[1, 2, 0]])
+    assert low <= 0 <= high and p > 0.05
     with pytest.raises(ValueError, match="same prompts"):
         paired_difference(base, base[:, :10])
 

@@ -26,7 +26,7 @@ from ..config import TaskConfig
 from ..trainer import TrainState
 from .task import VOCAB, ReviewTask
 
-TASK_VERSION = 5  # bump when the task or the model recipe changes: it is part of the cache key
+TASK_VERSION = 6  # bump when the task or the model recipe changes: it is part of the cache key
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=4, max_position_embeddings=128)
@@ -114,11 +114,11 @@ def _build(cfg: TaskConfig, out: Path) -> None:
     task = ReviewTask(seed=cfg.seed, label_temperature=cfg.label_temperature)
     splits = task.split_combinations()
     train_pairs = task.preference_pairs(task.prompts(cfg.num_train_pairs, splits["train"]))
-    eval_prompts = task.prompts(cfg.num_eval_prompts, splits["test"])
+    eval_prompts = task.distinct_prompts(cfg.num_eval_prompts, splits["test"])
     judge_pairs = task.preference_pairs(task.prompts(cfg.num_judge_pairs, splits["judge"]))
     # Labelled pairs on test prompts: held-out preference accuracy and the judge's agreement with gold.
     heldout_pairs = task.preference_pairs(task.prompts(500, splits["test"]))
-    val_prompts = task.prompts(cfg.num_val_prompts, splits["val"])
+    val_prompts = task.distinct_prompts(cfg.num_val_prompts, splits["val"])
     sft_rows = [{"prompt": p, "response": task.response(p)} for p in task.prompts(cfg.num_sft_examples, splits["train"])]
     (out / "data.json").write_text(json.dumps({
         "train_pairs": train_pairs, "eval_prompts": eval_prompts, "judge_pairs": judge_pairs,

@@ -28,9 +28,14 @@ from dataclasses import dataclass
 
 ITEMS = ["pizza", "burger", "phone", "laptop", "hotel", "camera", "movie", "novel",
          "guitar", "bike", "coffee", "jacket", "sofa", "lamp", "watch", "garden",
-         "tablet", "printer", "kettle", "blender", "tent", "boots", "piano", "train"]
+         "tablet", "printer", "kettle", "blender", "tent", "boots", "piano", "train",
+         "pasta", "salad", "radio", "mouse", "museum", "drone", "album", "poem",
+         "violin", "scooter", "tea", "scarf", "chair", "candle", "clock", "park",
+         "monitor", "speaker", "toaster", "mixer", "backpack", "sandals", "drum", "ferry",
+         "bakery", "helmet"]
 ASPECTS = ["price", "quality", "design", "service", "size", "color", "sound", "smell",
-           "comfort", "speed", "taste", "weight"]
+           "comfort", "speed", "taste", "weight", "value", "finish", "layout", "staff",
+           "fit", "texture", "volume", "scent", "grip", "delivery", "flavor", "battery"]
 POSITIVE = ["great", "good", "excellent", "lovely", "superb", "perfect", "amazing", "nice",
             "solid", "charming", "brilliant", "fantastic"]
 NEGATIVE = ["bad", "awful", "poor", "terrible", "cheap", "ugly", "boring", "broken", "weak", "dull"]
@@ -46,8 +51,9 @@ REPEAT_PENALTY = 1.0
 OFF_TOPIC_PENALTY = 0.5
 
 # Held out means disjoint: every (item, aspect) prompt belongs to exactly one split. Per item, its aspects
-# are dealt out in these numbers, so every item appears in every split (only the combination is new).
-SPLIT_ASPECTS = {"train": 6, "judge": 2, "val": 2, "test": 2}
+# are dealt out in these numbers, so every item appears in every split (only the combination is new):
+# 50 items x 4 aspects = 200 distinct validation prompts and 200 distinct test prompts.
+SPLIT_ASPECTS = {"train": 12, "judge": 4, "val": 4, "test": 4}
 
 
 def prompt_text(item: str, aspect: str) -> str:
@@ -111,6 +117,14 @@ class ReviewTask:
         if combinations is None:
             return [prompt_text(self.rng.choice(ITEMS), self.rng.choice(ASPECTS)) for _ in range(n)]
         return [prompt_text(*self.rng.choice(combinations)) for _ in range(n)]
+
+    def distinct_prompts(self, n: int, combinations: list[tuple[str, str]]) -> list[str]:
+        """n eval prompts with as few repeats as the split allows: every combination once (in a seeded order)
+        before any is asked twice. A repeated prompt is one cluster for the bootstrap, not two draws."""
+        out: list[str] = []
+        while len(out) < n:
+            out += [prompt_text(*c) for c in self.rng.sample(combinations, len(combinations))]
+        return out[:n]
 
     def _adjective(self, p_positive: float) -> str:
         u = self.rng.random()

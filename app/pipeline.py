@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from evals.aggregate import prompt_cluster_ids
 from evals.evaluate import (decode_completions, evaluate, judge_agreement, preference_accuracy, preference_ceiling,
                             sft_side)
 from evals.judge import proxy_reward_model
@@ -109,12 +110,6 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
         return _train(ctx, output_dir, accelerator, started, spec, trial_id, stage, sweep or {})
 
 
-def _distinct(prompts: list) -> list[int]:
-    """Each prompt's cluster: the index of its first occurrence (equal prompts are one cluster)."""
-    first: dict[str, int] = {}
-    return [first.setdefault(repr(p), i) for i, p in enumerate(prompts)]
-
-
 def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec: str | None,
            trial_id: str | None, stage: str | None, sweep: dict) -> RunRecord:
     from accelerate.utils import set_seed
@@ -147,9 +142,9 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
         dataset={"source": cfg.data.source, "sft_model": task.sft_path, "sft_fingerprint": ctx.sft_fingerprint,
                  **task.stats, **data,
                  "eval_prompts": len(task.eval_prompts), "eval_prompts_fingerprint": key_of(task.eval_prompts),
-                 "eval_prompts_distinct": len(set(_distinct(task.eval_prompts))),
+                 "eval_prompts_distinct": len(set(prompt_cluster_ids(task.eval_prompts))),
                  "val_prompts": len(task.val_prompts), "val_prompts_fingerprint": key_of(task.val_prompts),
-                 "val_prompts_distinct": len(set(_distinct(task.val_prompts)))},
+                 "val_prompts_distinct": len(set(prompt_cluster_ids(task.val_prompts)))},
         versions=versions(), hardware=hardware())
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -274,7 +269,7 @@ def evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict,
                 metrics["judge_agreement_heldout"] = judge_agreement(scorers["judge"], gold, task.heldout_pairs)
             if "proxy" in scorers:  # how good a stand-in for gold the reward model the method optimised is
                 metrics["proxy_agreement_heldout"] = judge_agreement(scorers["proxy"], gold, task.heldout_pairs)
-    clusters = {split: _distinct(prompts) for split, prompts in (("test", task.eval_prompts), ("val", task.val_prompts))
+    clusters = {split: prompt_cluster_ids(prompts) for split, prompts in (("test", task.eval_prompts), ("val", task.val_prompts))
                 if split in outcomes}
     return metrics, outcomes, clusters
 

@@ -26,6 +26,12 @@ def configuration_key(config: dict) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def prompt_cluster_ids(prompts) -> list[int]:
+    """Each prompt's cluster: the index of its first occurrence (equal prompts are one cluster)."""
+    first: dict[str, int] = {}
+    return [first.setdefault(repr(p), i) for i, p in enumerate(prompts)]
+
+
 def _clustered(outcomes: np.ndarray, clusters) -> tuple[np.ndarray, np.ndarray]:
     """seeds x clusters sums of the outcomes and each cluster's size: a prompt asked several times is one
     cluster (one draw of the bootstrap), never several independent draws."""

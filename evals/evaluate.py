@@ -23,6 +23,7 @@ from harness.trainer import sequence_logps_of
 
 from .metrics import distinct_n, distinct_n_per_response, is_plain_sampling, kl_from_samples, repeat_rate
 from .scorers import Scorer
+from .aggregate import prompt_cluster_ids
 from .winrate import prompt_outcomes, win_rate
 
 
@@ -118,6 +119,7 @@ def evaluate(policy, sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfi
     texts = decode_completions(tokenizer, completions)
     repeated = list(prompts.texts) * cfg.samples_per_prompt
     n, k = len(prompts.texts), cfg.samples_per_prompt
+    clusters = prompt_cluster_ids(prompts.texts)  # a repeated prompt is one draw of the bootstrap
 
     def per_prompt(values) -> np.ndarray:  # sample-major flat list -> prompts x samples
         return np.asarray(values, dtype=np.float64).reshape(k, n).T
@@ -128,7 +130,8 @@ def evaluate(policy, sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfi
     for name, scorer in scorers.items():
         policy_scores = _checked_scores(scorer, repeated, texts)
         sft_scores = per_prompt(sft_generations["scores"][name])
-        result = win_rate(per_prompt(policy_scores), sft_scores, tie_eps=cfg.tie_eps, n_boot=cfg.n_boot, seed=cfg.seed)
+        result = win_rate(per_prompt(policy_scores), sft_scores, tie_eps=cfg.tie_eps, n_boot=cfg.n_boot, seed=cfg.seed,
+                          clusters=clusters)
         outcomes[name], diffs[name] = prompt_outcomes(per_prompt(policy_scores), sft_scores, cfg.tie_eps)
         prefix = "" if name == "judge" else f"{name}_"
         metrics.update({f"{prefix}win_rate": result.rate, f"{prefix}win_rate_low": result.low,

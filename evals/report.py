@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import seed_prompt_interval
+from .rows import prompt_clusters
 from .collapse import THRESHOLDS_TEXT, collapse_reasons
 from .leaderboard import display_rows, leaderboard, legend, stability_rows, to_markdown, unequal_data
 from .selection import fragile_verdicts, kl_stability, select_best, stored_selection, stored_spec
@@ -84,7 +85,7 @@ def win_rate_figure(done: pd.DataFrame, colors: dict) -> Figure | None:
             for _, config in by_lr.groupby("configuration"):
                 x = _strength(config.iloc[0]["method_params"])[1]
                 matrix = np.asarray([o["test"]["judge"] for o in config["outcomes"]])
-                low, high = seed_prompt_interval(matrix)
+                low, high = seed_prompt_interval(matrix, clusters=prompt_clusters(config))
                 gold = config["gold_win_rate"].mean() if "gold_win_rate" in config.columns else np.nan
                 points.append((x, matrix.mean(), low, high, gold))
                 ax.scatter([x] * len(config), config["win_rate"], s=10, color=colors[method], alpha=0.35)

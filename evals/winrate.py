@@ -49,14 +49,23 @@ def prompt_outcomes(policy_scores, sft_scores, tie_eps: float = 0.0) -> tuple[np
     return outcome, diff
 
 
-def win_rate(policy_scores, sft_scores, tie_eps: float = 0.0, n_boot: int = 1000, seed: int = 0) -> WinRate:
+def win_rate(policy_scores, sft_scores, tie_eps: float = 0.0, n_boot: int = 1000, seed: int = 0,
+             clusters=None) -> WinRate:
     """The mean of `prompt_outcomes` over prompts, with the 2.5/97.5 percentile of `n_boot` resamples of
-    prompts as its interval (seeded: same seed, same interval)."""
+    prompts as its interval (seeded: same seed, same interval). `clusters` (one id per prompt): a prompt
+    asked several times is resampled as one draw with all its repeats."""
     outcome, diff = prompt_outcomes(policy_scores, sft_scores, tie_eps)
     tie = np.abs(diff) <= tie_eps
     win = (diff > 0) & ~tie
     rng = np.random.default_rng(seed)
-    resampled = outcome[rng.integers(0, len(outcome), size=(n_boot, len(outcome)))].mean(axis=1)
+    if clusters is not None:
+        from .aggregate import _clustered, _resampled_means
+
+        sums, sizes = _clustered(outcome[None, :], clusters)
+        picks = rng.integers(0, len(sizes), size=(n_boot, len(sizes)))
+        resampled = _resampled_means(sums, sizes, np.zeros((n_boot, 1), dtype=int), picks)
+    else:
+        resampled = outcome[rng.integers(0, len(outcome), size=(n_boot, len(outcome)))].mean(axis=1)
     low, high = np.percentile(resampled, [2.5, 97.5])
     soft = float((1.0 / (1.0 + np.exp(-diff))).mean())
     return WinRate(float(outcome.mean()), float(low), float(high), int(win.sum()), int(tie.sum()),

@@ -235,14 +235,24 @@ def _independent_interval(matrix: np.ndarray, n_boot: int = 2000, seed: int = 0)
 
 
 def test_beta_sensitivity_table_is_recomputable_from_its_per_seed_records(tmp_path):
+    from evals.rows import prompt_clusters
+
     folder, records = _results("beta_sensitivity")
     stored = pd.read_csv(folder / "leaderboard.csv")
-    assert sorted(stored["params"].str.extract(r"beta=([\d.]+)")[0].astype(float)) == [0.01, 0.1, 0.3, 1.0]
+    betas = stored["params"].str.extract(r"beta=([\d.]+)")[0].astype(float)
+    assert sorted(set(betas)) == [0.01, 0.1, 0.3, 1.0]
+    assert sorted(set(stored["learning_rate"])) == [1e-4, 2e-4, 4e-4]  # the ranking at three learning rates
+    for group, part in stored.groupby("group"):  # one board per learning rate: its own reference and family
+        assert (part["significance"] == "best").sum() == 1 and set(part["family_size"].dropna()) == {3}
+        best = part[part["significance"] == "best"].iloc[0]
+        assert best["val_win_rate"] == part["val_win_rate"].max()  # chosen on validation, not on test
     for _, row in stored.iterrows():
-        runs = records[(records["params"] == row["params"]) & (records["status"] == "completed")]
+        runs = records[(records["configuration"] == row["configuration"]) & (records["status"] == "completed")]
         assert row["seeds"] == len(runs) == 3
         per_seed = runs["win_rate"].to_numpy()
         matrix = np.asarray([o["test"]["judge"] for o in runs["outcomes"]])
+        assert matrix.shape[1] == row["distinct_prompts"] == 200  # 200 distinct test prompts, none repeated
+        assert len(set(prompt_clusters(runs))) == 200
         assert matrix.mean(axis=1) == pytest.approx(per_seed)  # the outcomes are the record's own win rates
         assert row["win_rate"] == pytest.approx(per_seed.mean())
         assert (row["win_rate_min"], row["win_rate_max"]) == pytest.approx((per_seed.min(), per_seed.max()))
@@ -255,36 +265,59 @@ def test_beta_sensitivity_table_is_recomputable_from_its_per_seed_records(tmp_pa
     assert (tmp_path / "leaderboard.md").read_text().split("\n", 3)[3] == (folder / "leaderboard.md").read_text().split("\n", 3)[3]
 
 
-def test_method_comparison_picks_each_method_under_the_kl_budget_on_validation(tmp_path):
-    from evals.leaderboard import stored_selection
+def test_method_comparison_follows_the_protocol(tmp_path):
+    from evals.leaderboard import stored_selection, stored_spec
+    from evals.rows import configuration_table
 
     folder, records = _results("method_comparison")
-    selection = stored_selection(folder)
-    assert selection is not None and selection.kl_budget and selection.metric == "val_win_rate"
+    selection, spec = stored_selection(folder), stored_spec(folder)
+    assert selection is not None and selection.kl_budget == 2.0 and selection.metric == "gold"
     done = records[records["status"] == "completed"]
-    assert set(done.groupby("configuration")["seed"].nunique()) == {3}  # 3 seeds per configuration
+    chosen, tested = done[done["stage"] == "selection"], done[done["stage"] == "test"]
+    assert set(chosen["seed"]) == set(selection.seeds) and set(tested["seed"]) == set(selection.test_seeds)
+    assert not set(selection.seeds) & set(selection.test_seeds)  # fresh seeds for the test numbers
     board = pd.read_csv(folder / "leaderboard.csv")
     assert sorted(board["method"]) == ["dpo", "ipo", "kto", "orpo", "simpo"]
-    assert set(board["significance"]) <= {"best", "n.s.", "worse"} and (board["significance"] == "best").sum() == 1
-    assert (board["configurations_tried"] >= 9).all()
-    for _, row in board.iterrows():
-        rows = leaderboard(done[done["method"] == row["method"]])
+    assert set(board["seeds"]) == {len(selection.test_seeds)} and set(board["stage"]) == {"test"}
+    assert set(board["significance"]) <= {"best", "n.s.", "worse", "better"} and (board["significance"] == "best").sum() == 1
+    assert set(board["family_size"].dropna()) == {4} and set(board["gold_family_size"].dropna()) == {4}
+    # equal first-round budgets; extension rounds add where a pick sat at an edge, and the board shows the total
+    budget = spec["tuning"]["budget"]
+    tried = chosen.groupby("method")["configuration"].nunique().to_dict()
+    assert tried == budget and sum(budget.values()) == len(spec["expanded"])  # every configuration tried was run
+    assert dict(zip(board["method"], board["configurations_tried"])) == budget
+    assert min(budget.values()) >= 9
+    table = configuration_table(chosen)
+    for _, row in board.iterrows():  # the pick: best validation gold win rate within the KL budget
+        rows = table[table["method"] == row["method"]]
         eligible = rows[rows["val_kl_to_sft"] <= selection.kl_budget]
         if len(eligible):
-            assert row["val_win_rate"] == pytest.approx(eligible["val_win_rate"].max()), row["method"]
+            assert row["val_gold_win_rate"] == pytest.approx(eligible["val_gold_win_rate"].max()), row["method"]
+        assert spec["tuning"]["picks"][row["method"]]["train.learning_rate"] == row["learning_rate"]
     assert len(set(board["pairs_seen"])) == 1  # every method saw the same number of preference pairs
+    best = board[board["gold_significance"] == "best"].iloc[0]
+    assert best["val_gold_win_rate"] == board["val_gold_win_rate"].max()  # the reference row, on validation
     write_leaderboard(folder, tmp_path)
     assert pd.read_csv(tmp_path / "leaderboard.csv").equals(board)
+    assert pd.read_csv(tmp_path / "stability.csv").equals(pd.read_csv(folder / "stability.csv"))
 
 
 def test_reference_records_carry_what_a_reviewer_checks():
     keys = ("judge_agreement_run", "judge_gold_gap_low", "judge_gold_gap_high", "heldout_pref_gain", "heldout_pref_ceiling",
-            "kl_to_sft_se", "kl_per_token", "kl_decoding", "pairs_seen")
+            "kl_to_sft_se", "kl_per_token", "kl_decoding", "pairs_seen", "val_gold_win_rate")
+    commits = set()
     for path in sorted(RESULTS.rglob("record.json")):
         record = json.loads(path.read_text())
         missing = [k for k in keys if k not in record["metrics"]]
         assert not missing, f"{path}: {missing}"
         assert record["metrics"]["kl_decoding"] == "plain" and record["outcomes"]["test"]["judge"]
+        assert record["dataset"]["eval_prompts_distinct"] == record["dataset"]["val_prompts_distinct"] == 200, path
+        assert record["sweep"]["spec_hash"] and record["sweep"]["spec"]["name"] == path.parts[-3], path
+        assert record["versions"]["harness_git_dirty"] == "no", path  # the commit it names produced it
+        commits.add(record["versions"]["harness_git_commit"])
+        if record["method_facts"]["kind"] == "online":
+            assert record["metrics"]["reward_model_compute_tokens"] > record["metrics"]["compute_tokens"], path
+    assert len(commits) == 1
 
 
 def test_collapse_flags_name_their_reason_against_the_sft_baseline():

@@ -60,7 +60,9 @@ def test_shipped_specs_expand():
 
     sizes = {name: len(expand(*load_spec(name))) for name in ("quickstart", "beta_sensitivity", "method_comparison",
                                                                "frontier", "ultrafeedback_qwen", "beta_sensitivity_1b")}
-    assert sizes["beta_sensitivity"] == 12 and sizes["method_comparison"] == 237 and sizes["frontier"] == 24
+    # beta_sensitivity: 4 betas x 3 learning rates x 3 seeds; method_comparison's selection stage: 5 methods x the
+    # same 9 configurations each x 2 selection seeds (extension rounds and the fresh-seed test stage come after)
+    assert sizes["beta_sensitivity"] == 36 and sizes["method_comparison"] == 90 and sizes["frontier"] == 24
     assert sizes["beta_sensitivity_1b"] == 12 and sizes["ultrafeedback_qwen"] == 20
     quickstart = {t["config"]["method"]["name"] for t in expand(*load_spec("quickstart"))}
     assert {"dpo", "ipo", "kto", "orpo", "simpo", "ppo", "rloo"} <= quickstart
@@ -180,3 +182,37 @@ def test_a_diverging_trial_fails_alone_and_is_not_retried(tmp_path, embedded):
     assert records[1000.0]["status"] == "failed" and records[1000.0]["error"].startswith("Diverged: non-finite")
     attempts = (Path(records[1000.0]["output_dir"]) / "attempts.jsonl").read_text().splitlines()
     assert len(attempts) == 1  # Tune's retry found the deterministic failure and did not train again
+
+
+def test_a_comparison_runs_selection_extension_and_fresh_seed_test_stages(tmp_path, embedded):
+    """The protocol end to end through `harness sweep`: equal budgets, a pick at the edge of its grid extended
+    one step, each pick re-run on 5 fresh seeds, the stage and the spec as run (with its hash) in every record."""
+    base = {**TINY, "eval": {"num_prompts": 12, "num_val_prompts": 12}}
+    path = write_spec(tmp_path, name="protocol", base=base, grid={},
+                      methods={"dpo": {"train.learning_rate": [1.0e-4, 3.0e-4]},
+                               "ipo": {"train.learning_rate": [1.0e-4, 3.0e-4]}},
+                      selection={"metric": "gold", "kl_budget": 50.0, "seeds": [0], "test_seeds": [10, 11, 12, 13, 14],
+                                 "extend_rounds": 1}, max_concurrent=2)
+    result = run_cli("sweep", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    root = tmp_path / "sweeps" / "protocol"
+    spec = json.loads((root / "spec.json").read_text())
+    records = [json.loads(p.read_text()) for p in sorted(root.glob("runs/*/record.json"))]
+    selection = [r for r in records if r["stage"] == "selection"]
+    test = [r for r in records if r["stage"] == "test"]
+    tuning = spec["tuning"]
+    # two learning rates per method: every pick is at an edge, so round 1 added one configuration per method
+    assert tuning["extension_rounds"] == 1 and tuning["budget"] == {"dpo": 3, "ipo": 3}
+    assert len(selection) == 6 and {r["seed"] for r in selection} == {0}
+    lrs = {p["train.learning_rate"] for p in spec["expanded"] if p["method.name"] == "dpo"}
+    assert len(lrs) == 3 and lrs - {1e-4, 3e-4} <= {3.33e-5, 9e-4}  # one grid step (x3) beyond the edge picked
+    assert len(test) == 10 and {r["seed"] for r in test} == {10, 11, 12, 13, 14}
+    for method, pick in tuning["picks"].items():
+        runs = [r for r in test if r["method"] == method]
+        assert {r["config"]["train"]["learning_rate"] for r in runs} == {pick["train.learning_rate"]}
+    assert {r["sweep"]["spec_hash"] for r in test} == {spec["spec_hash"]}  # the test stage ran the final spec
+    assert all(r["sweep"]["spec"]["selection"]["test_seeds"] == [10, 11, 12, 13, 14] for r in records)
+    board = __import__("pandas").read_csv(root / "leaderboard.csv")
+    assert set(board["seeds"]) == {5} and set(board["stage"]) == {"test"}
+    assert set(board["configurations_tried"]) == {3}
+    assert (root / "stability.csv").is_file()

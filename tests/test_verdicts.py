@@ -214,3 +214,15 @@ def test_a_selection_board_writes_the_stability_table(tmp_path):
     assert list(stability["kl_budget"].astype(str)) == ["1", "1.5", "2", "3", "5", "none"]
     text = (tmp_path / "leaderboard.md").read_text()
     assert "The verdict across KL budgets" in text and "dpo is fragile to the KL budget" in text
+
+
+def test_a_runs_own_win_rate_interval_counts_a_repeated_prompt_once():
+    from evals.winrate import win_rate
+
+    rng = np.random.default_rng(3)
+    policy, sft = rng.normal(size=60), rng.normal(size=60)
+    alone = win_rate(policy, sft)
+    repeated = win_rate(np.repeat(policy, 3), np.repeat(sft, 3), clusters=np.repeat(np.arange(60), 3))
+    assert (repeated.rate, repeated.low, repeated.high) == pytest.approx((alone.rate, alone.low, alone.high))
+    naive = win_rate(np.repeat(policy, 3), np.repeat(sft, 3))
+    assert naive.high - naive.low < 0.75 * (alone.high - alone.low)  # repeats taken as draws: too narrow

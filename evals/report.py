@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .aggregate import seed_prompt_interval
-from .rows import prompt_clusters
+from .rows import prompt_clusters, test_runs
 from .collapse import THRESHOLDS_TEXT, collapse_reasons
 from .leaderboard import display_rows, leaderboard, legend, stability_rows, to_markdown, unequal_data
 from .selection import fragile_verdicts, kl_stability, select_best, stored_selection, stored_spec
@@ -152,8 +152,8 @@ def training_curves_figure(done: pd.DataFrame, board: pd.DataFrame, colors: dict
     import matplotlib.pyplot as plt
 
     histories = {}
-    for _, row in board.iterrows():  # each method's row on the board (its selected configuration)
-        runs = done[done["configuration"] == row["configuration"]]
+    for _, row in board.iterrows():  # every row on the board, under its own label (never one per method)
+        runs = test_runs(done[done["configuration"] == row["configuration"]])
         found = []
         for _, run in runs.iterrows():
             path = Path(run["path"]) / "metrics.jsonl"
@@ -161,23 +161,25 @@ def training_curves_figure(done: pd.DataFrame, board: pd.DataFrame, colors: dict
                 found.append([r for r in map(json.loads, path.read_text().splitlines()) if "step" in r])
         if found:
             kind = "online" if run["config"].get("online") else "offline"  # offline runs record online: None
-            histories[row["method"]] = (found, CURVES[kind])
+            label = f"{row['method']} {row['params']} lr {row['learning_rate']:g}"
+            histories[label] = (found, CURVES[kind], row["method"])
     if not histories:
         return None
     fig, axes = plt.subplots(len(histories), 3, figsize=(10, 2.3 * len(histories)), squeeze=False)
-    for (method, (runs, keys)), axrow in zip(histories.items(), axes):
+    for (label, (runs, keys, method)), axrow in zip(histories.items(), axes):
         for ax, key in zip(axrow, keys):
             for history in runs:
                 steps = [r["step"] for r in history if key in r]
                 ax.plot(steps, [r[key] for r in history if key in r], color=colors[method], alpha=0.7, lw=1)
-            ax.set_title(f"{method}: {key}", fontsize=9)
+            ax.set_title(f"{label}: {key}", fontsize=8)
             ax.tick_params(labelsize=7)
         axrow[0].set_ylabel("value", fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel("optimizer step", fontsize=8)
     fig.tight_layout()
     return Figure("training_curves", "Training curves",
-                  "Logged training metrics of each method's configuration in the leaderboard, one line per seed "
+                  "Logged training metrics of every configuration in the leaderboard (one row of panels each, the "
+                  "runs its test columns read), one line per seed "
                   "(window means over log_steps). Offline methods: loss, reward margin, pairwise accuracy on the "
                   "training batches; online methods: loss, the reward model's score of the rollouts, their KL to the "
                   "reference. Seeds that part ways show how much of a row's spread is training noise.", _png(fig))

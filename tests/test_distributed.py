@@ -79,8 +79,12 @@ def test_kto_reference_point_is_gathered_over_processes(tmp_path, embedded):
     """KTO, 2 processes x 4 rows against 1 process x 8 rows: z_ref is the mean over all 8 mismatched rows
     in both, so the logged z_ref ("kl") and the loss agree (each process holds 4 rows, so the mean of the
     two per-process losses is the mean over 8). A per-process z_ref would differ from step one."""
-    two = _launch_two(tmp_path / "two", **{"method.name": "kto", "train.batch_size": 4})
-    one = _one(tmp_path / "one", **{"method.name": "kto", "train.batch_size": 8})
+    # On the embedded task KTO's policy lowers the mismatched completions' log-probs, so z_ref stays at its
+    # clamp (0) and could not tell a gathered mean from a per-process one. Down-weighting the undesirable rows
+    # (outside the Eq. 8 band: a warning) at lr 1e-3 raises them: z_ref is 0.01-0.18 from step 3 (measured).
+    kto = {"method.name": "kto", "method.undesirable_weight": 0.05, "train.learning_rate": 1e-3}
+    two = _launch_two(tmp_path / "two", **kto, **{"train.batch_size": 4})
+    one = _one(tmp_path / "one", **kto, **{"train.batch_size": 8})
     assert two["metrics"]["global_batch_size"] == one["metrics"]["global_batch_size"] == 8
     a, b = _history(tmp_path / "two"), _history(tmp_path / "one")
     assert any(row["kl"] > 0 for row in b[1:])  # z_ref leaves its clamp at 0 once the policy moves

@@ -136,9 +136,12 @@ def display_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
 def to_markdown(rows: list[dict[str, str]]) -> str:
     if not rows:
         return ""
-    head = "| " + " | ".join(rows[0]) + " |"
-    rule = "|" + "|".join("---" for _ in rows[0]) + "|"
-    body = ["| " + " | ".join(str(v) for v in row.values()) + " |" for row in rows]
+    # cells go under their own column by key: rows may hold their keys in different orders (the stability
+    # table's methods come in each budget's rank order)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    head = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(str(row.get(key, "")) for key in columns) + " |" for row in rows]
     return "\n".join([head, rule, *body]) + "\n"
 
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from evals.aggregate import holm, paired_difference, seed_prompt_interval
-from evals.leaderboard import leaderboard, load_records, select_best, unequal_data, write_leaderboard
+from evals.leaderboard import (leaderboard, load_records, select_best, stability_rows, to_markdown, unequal_data,
+                               write_leaderboard)
 from evals.selection import Selection, fragile_verdicts, kl_stability
 from harness.errors import BadInput
 from sweeps.protocol import extensions, tune_until_bracketed
@@ -199,6 +200,14 @@ def test_stability_table_matches_hand_computed_picks(tmp_path):
     assert "between budgets 1.5 and 3: pick beta=0.3" in lines["dpo"] and "between budgets 3 and none" not in lines["dpo"]
     ipo = stability[stability["method"] == "ipo"]
     assert ("ipo" in lines) == (ipo["significance"].nunique() > 1)  # its pick never moves; its mark may
+    # the table as displayed: each cell under its own method's column, whatever each budget's rank order
+    # (ipo leads at budget 1, dpo from budget 3)
+    head, _, *body = to_markdown(stability_rows(stability)).splitlines()
+    columns = [c.strip() for c in head.strip("|").split("|")]
+    for line in body:
+        cells = dict(zip(columns, (c.strip() for c in line.strip("|").split("|"))))
+        assert cells["dpo"].startswith(dpo[cells["KL budget (nats)"]] + " lr"), cells
+        assert cells["ipo"].startswith("beta=1.0 lr"), cells
 
 
 def test_a_selection_board_writes_the_stability_table(tmp_path):

@@ -133,12 +133,16 @@ def display_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
     return [{k: r.get(k, "") for k in columns} for r in out]
 
 
+def table_columns(rows: list[dict[str, str]]) -> list[str]:
+    """Every key of the rows, in first-seen order. Cells are placed by key, never by position: rows may hold
+    their keys in different orders (the stability table lists each budget's methods in its rank order)."""
+    return list(dict.fromkeys(key for row in rows for key in row))
+
+
 def to_markdown(rows: list[dict[str, str]]) -> str:
     if not rows:
         return ""
-    # cells go under their own column by key: rows may hold their keys in different orders (the stability
-    # table's methods come in each budget's rank order)
-    columns = list(dict.fromkeys(key for row in rows for key in row))
+    columns = table_columns(rows)
     head = "| " + " | ".join(columns) + " |"
     rule = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(str(row.get(key, "")) for key in columns) + " |" for row in rows]

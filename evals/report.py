@@ -24,7 +24,7 @@ import pandas as pd
 from .aggregate import seed_prompt_interval
 from .rows import prompt_clusters, test_runs
 from .collapse import THRESHOLDS_TEXT, collapse_reasons
-from .leaderboard import display_rows, leaderboard, legend, stability_rows, to_markdown, unequal_data
+from .leaderboard import display_rows, leaderboard, legend, stability_rows, table_columns, to_markdown, unequal_data
 from .selection import fragile_verdicts, kl_stability, select_best, stored_selection, stored_spec
 from .store import display_path, load_records
 
@@ -334,8 +334,10 @@ def findings(board: pd.DataFrame, done: pd.DataFrame, stability: pd.DataFrame | 
 # ---------------------------------------------------------------- rendering
 
 def _html_table(rows: list[dict[str, str]]) -> str:
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in rows)
+    columns = table_columns(rows)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(row.get(k, '')))}</td>" for k in columns) + "</tr>"
+                   for row in rows)
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 

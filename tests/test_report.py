@@ -94,3 +94,11 @@ def test_an_empty_folder_is_bad_input(tmp_path):
     result = run_cli("report", str(tmp_path / "empty"))
     assert result.returncode == 2 and "no run records" in result.stderr and str(tmp_path / "empty") in result.stderr
     assert not (tmp_path / "empty" / "report.md").exists()
+
+
+def test_html_tables_place_each_cell_under_its_own_column():
+    """The stability table's rows list methods in each budget's rank order: cells go by key, not position."""
+    from evals.report import _html_table
+
+    text = _html_table([{"budget": "1", "dpo": "d1", "ipo": "i1"}, {"budget": "2", "ipo": "i2", "dpo": "d2"}])
+    assert "<tr><td>2</td><td>d2</td><td>i2</td></tr>" in text

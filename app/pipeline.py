@@ -203,7 +203,7 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
             "world_size": world,
             "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world}
         if cfg.eval.num_prompts and accelerator.is_main_process:
-            evaluated, record.outcomes, record.prompt_clusters = evaluate_run(ctx, policy, output_dir)
+            evaluated, record.outcomes, record.prompt_clusters, record.examples = evaluate_run(ctx, policy, output_dir)
             metrics.update(evaluated)
         metrics["wall_time_s"] = time.perf_counter() - started
         record.metrics, record.status = metrics, "completed"
@@ -242,17 +242,17 @@ def prepare(config: RunConfig | dict) -> dict[str, Any]:
     return done
 
 
-def evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict, dict]:
-    """Win rate vs SFT (judge and gold), KL, length, diversity, held-out preference accuracy with its SFT
-    baseline and gold ceiling, judge agreement. Returns (metrics, per-prompt outcomes by split, each split's
-    prompt clusters)."""
+def evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict, dict, list]:
+    """Win rate vs SFT (judge and gold) and its length-controlled version, KL, length, diversity, held-out
+    preference accuracy with its SFT baseline and gold ceiling, judge agreement. Returns (metrics, per-prompt
+    outcomes by split, each split's prompt clusters, a few test outputs)."""
     cfg, task, scorers = ctx.cfg, ctx.task, ctx.scorers
     if ctx.method.kind == "online":  # also by the reward model it optimised: how far the judge's verdict is from it
         scorers = {**scorers, "proxy": ctx.reward_model()}
     sft = ctx.reference_beside(policy)
     metrics = evaluate(policy, sft, ctx.tokenizer, ctx.prompts(task.eval_prompts), cfg.eval, scorers, cfg.cache_dir,
                        output_dir / "eval")
-    outcomes = {"test": metrics.pop("per_prompt")}
+    outcomes, examples = {"test": metrics.pop("per_prompt")}, metrics.pop("examples")
     if task.val_prompts:
         val = evaluate(policy, sft, ctx.tokenizer, ctx.prompts(task.val_prompts), cfg.eval, scorers, cfg.cache_dir)
         outcomes["val"] = val.pop("per_prompt")
@@ -271,7 +271,7 @@ def evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict,
                 metrics["proxy_agreement_heldout"] = judge_agreement(scorers["proxy"], gold, task.heldout_pairs)
     clusters = {split: prompt_cluster_ids(prompts) for split, prompts in (("test", task.eval_prompts), ("val", task.val_prompts))
                 if split in outcomes}
-    return metrics, outcomes, clusters
+    return metrics, outcomes, clusters, examples
 
 
 def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> RunRecord:
@@ -292,7 +292,7 @@ def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> R
         policy = PeftModel.from_pretrained(ctx.load_sft(), str(run_dir / "model"))
     else:
         policy = load_causal_lm(str(run_dir / "model"), ctx.cfg.model)
-    metrics, record.outcomes, record.prompt_clusters = evaluate_run(ctx, policy, run_dir)
+    metrics, record.outcomes, record.prompt_clusters, record.examples = evaluate_run(ctx, policy, run_dir)
     record.metrics.update(metrics)
     record.config = ctx.cfg.resolved()
     record.write(run_dir)

@@ -21,7 +21,8 @@ from harness.logps import CHOSEN
 from harness.reference import Reference
 from harness.trainer import sequence_logps_of
 
-from .metrics import distinct_n, distinct_n_per_response, is_plain_sampling, kl_from_samples, repeat_rate
+from .length_control import length_controlled
+from .metrics import degeneracy, distinct_n, distinct_n_per_response, is_plain_sampling, kl_from_samples, repeat_rate
 from .scorers import Scorer
 from .aggregate import prompt_cluster_ids
 from .winrate import prompt_outcomes, win_rate
@@ -105,6 +106,33 @@ def response_metrics(texts: list[str], completions: list[list[int]], eos: int | 
             "repeat_rate": repeat_rate(texts)}
 
 
+EXAMPLES = 3  # prompts per run whose outputs the record keeps, drawn by the eval seed (the same for every run)
+DEGENERATE = 2  # and the run's most degenerate outputs
+
+
+def example_outputs(prompts: list, texts: list[str], sft_generations: dict, scored: dict[str, np.ndarray], clusters,
+             seed: int) -> list[dict[str, Any]]:
+    """A few of the run's outputs, kept in its record: EXAMPLES distinct prompts drawn by the eval seed (so
+    every run evaluated with that seed shows the same prompts) and the DEGENERATE responses with the most
+    repeated word trigrams (then the longest), each with the SFT response to the same prompt and both
+    sides' scores by every scorer. Rows are sample-major (row s * n + i: sample s of prompt i)."""
+    distinct = sorted(set(clusters))
+    rng = np.random.default_rng(seed)
+    drawn = [int(i) for i in rng.choice(distinct, size=min(EXAMPLES, len(distinct)), replace=False)]
+    worst = sorted(range(len(texts)), key=lambda i: (-degeneracy(texts[i]), -len(texts[i]), i))
+    worst = [i for i in worst if i not in drawn][:DEGENERATE]
+
+    def one(i: int, kind: str) -> dict[str, Any]:
+        prompt = prompts[i]
+        return {"kind": kind, "prompt": prompt if isinstance(prompt, str) else json.dumps(prompt), "policy": texts[i],
+                "sft": sft_generations["texts"][i], "degeneracy": round(degeneracy(texts[i]), 3),
+                "scores": {name: {"policy": round(float(values[i]), 4),
+                                  "sft": round(float(sft_generations["scores"][name][i]), 4)}
+                           for name, values in scored.items()}}
+
+    return [one(i, "sample") for i in drawn] + [one(i, "most degenerate") for i in worst]
+
+
 def evaluate(policy, sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfig, scorers: dict[str, Scorer],
              cache_dir: str, output_dir: Path | None = None) -> dict[str, Any]:
     """Win rate of `policy` over the SFT model by scorers["judge"] (and by scorers["gold"] where known,
@@ -126,9 +154,9 @@ def evaluate(policy, sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfi
 
     metrics: dict[str, Any] = {"num_prompts": n, "samples_per_prompt": k, "judge": judge.name, "sft_cache_hit": sft_hit,
                                "eval_decoding": f"temperature={cfg.temperature} top_p={cfg.top_p}"}
-    outcomes, diffs = {}, {}
+    outcomes, diffs, scored = {}, {}, {}
     for name, scorer in scorers.items():
-        policy_scores = _checked_scores(scorer, repeated, texts)
+        policy_scores = scored[name] = _checked_scores(scorer, repeated, texts)
         sft_scores = per_prompt(sft_generations["scores"][name])
         result = win_rate(per_prompt(policy_scores), sft_scores, tie_eps=cfg.tie_eps, n_boot=cfg.n_boot, seed=cfg.seed,
                           clusters=clusters)
@@ -158,7 +186,16 @@ def evaluate(policy, sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfi
     metrics.update(response_metrics(texts, completions, eos))
     metrics.update({f"{key}_sft": value
                     for key, value in response_metrics(sft_generations["texts"], sft_generations["completions"], eos).items()})
+    # length-controlled win rate (AlpacaEval 2) of the judge's verdicts, from the per-prompt length gap in characters
+    length_diff = (per_prompt([len(t) for t in texts]).mean(axis=1)
+                   - per_prompt([len(t) for t in sft_generations["texts"]]).mean(axis=1))
+    lc = length_controlled(outcomes["judge"][None, :], length_diff[None, :], clusters, n_boot=cfg.n_boot, seed=cfg.seed)
+    if lc is not None:
+        metrics.update({"lc_win_rate": lc.rate, "lc_win_rate_low": lc.low, "lc_win_rate_high": lc.high,
+                        "lc_length_coef": lc.length_coef, "lc_warning": lc.warning})
     metrics["per_prompt"] = {name: [round(float(v), 6) for v in outcome] for name, outcome in outcomes.items()}
+    metrics["per_prompt"]["length_diff"] = [round(float(v), 3) for v in length_diff]
+    metrics["examples"] = example_outputs(repeated, texts, sft_generations, scored, clusters, cfg.seed)
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
         with (output_dir / "generations.jsonl").open("w") as handle:

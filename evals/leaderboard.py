@@ -100,6 +100,7 @@ def display_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
         cells = {"method": row["method"], "params": row["params"], "lr": cell(row["learning_rate"]),
                  "seeds": str(row["seeds"]),
                  "judge win rate [95% CI]": _interval(row, "win_rate"), "judge vs best": _mark(row, ""),
+                 "LC win rate [95% CI]": _interval(row, "lc_win_rate") + (" (!)" if row.get("lc_warning") is True else ""),
                  "gold win rate [95% CI]": _interval(row, "gold_win_rate"), "gold vs best": _mark(row, "gold_"),
                  "seed min-max": f"{row['win_rate_min']:.3f}-{row['win_rate_max']:.3f}" if "win_rate_min" in row else "",
                  "gold reward (SFT)": f"{get('gold_reward')} ({get('gold_reward_sft')})" if "gold_reward" in row else "",
@@ -168,6 +169,10 @@ def legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection) 
              f"scorer; better / worse where the corrected p < {ALPHA:g}, else n.s. (the order among the best and the "
              f"n.s. rows is not supported by the data). The reference row (best) is the one with the highest mean "
              f"validation win rate by that scorer ({chosen_on or 'validation'}), chosen before the test numbers.",
+             "- LC win rate: the length-controlled judge win rate of AlpacaEval 2 (a logistic GLM of the judge's "
+             "verdict on tanh of the standardised policy-minus-SFT length difference in characters, predicted at zero "
+             "difference; one fit over the row's seeds x prompts, interval by the same bootstrap, refitted); (!) "
+             "where it moves more than 0.10 from the raw rate, as AlpacaEval warns (the GLM extrapolates).",
              "- KL(policy || SFT) in nats from plain samples of the policy: mean and median over seeds, and the mean "
              "per-token KL.",
              "- judge-gold gap: judge win rate minus gold win rate on the row's own outputs; FLAG when its interval "

@@ -31,6 +31,13 @@ def repeat_rate(texts: list[str], n: int = 3) -> float:
     return float(np.mean([len(set(grams)) < len(grams) for grams in (_ngrams(t.split(), n) for t in texts)]))
 
 
+def degeneracy(text: str, n: int = 3) -> float:
+    """How degenerate one response is: its share of repeated word n-grams (0 = none repeat), what the
+    report's "most degenerate outputs" are ranked by (then by length)."""
+    grams = _ngrams(text.split(), n)
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
 def is_plain_sampling(temperature: float, top_p: float) -> bool:
     """Samples come from the model's own distribution only at temperature 1 with no truncation (top_p 1;
     top-k, repetition penalties and every other logits filter are switched off by harness.generation)."""

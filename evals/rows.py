@@ -15,6 +15,7 @@ import pandas as pd
 
 from .aggregate import seed_prompt_interval
 from .collapse import collapse_summary
+from .length_control import length_controlled
 from .store import IGNORED_PARAMS
 
 # Means over seeds of these per-run metrics (where the records have them).
@@ -86,6 +87,12 @@ def configuration_row(runs: pd.DataFrame) -> dict:
         low, high = seed_prompt_interval(gap, clusters=clusters)
         row.update({"judge_gold_gap": float(gap.mean()), "judge_gold_gap_low": low, "judge_gold_gap_high": high,
                     "judge_gap_flag": bool(low > 0 or high < 0)})
+    lengths = outcome_matrix(tested, "length_diff")
+    if matrices["judge"] is not None and lengths is not None and lengths.shape == matrices["judge"].shape:
+        lc = length_controlled(matrices["judge"], lengths, clusters)  # one GLM over the row's seeds x prompts
+        if lc is not None:
+            row.update({"lc_win_rate": lc.rate, "lc_win_rate_low": lc.low, "lc_win_rate_high": lc.high,
+                        "lc_length_coef": lc.length_coef, "lc_warning": lc.warning})
     row["distinct_prompts"] = len(set(clusters)) if clusters else (matrices["judge"].shape[1]
                                                                     if matrices["judge"] is not None else None)
     for metric in MEANS:

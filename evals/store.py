@@ -8,6 +8,8 @@ Record schema versions (`schema_version` in record.json):
        generated; compute_tokens)
     3  adds `prompt_clusters` (the distinct prompt of each outcome), `stage` (selection or test run of a
        comparison) and `sweep` (the spec the run belongs to, as it ran, and its hash)
+    4  adds `examples` (a few test outputs with the SFT model's and their scores), `outcomes.<split>.length_diff`
+       (policy-minus-SFT length per prompt) and the length-controlled win rate (`metrics.lc_win_rate*`)
 A record of another version, one that is not JSON, or one missing a field is bad input naming the file.
 """
 
@@ -24,7 +26,7 @@ from harness.record import RECORD_NAME, RECORD_SCHEMA_VERSION, RunRecord
 
 from .aggregate import configuration_key
 
-SCHEMA_VERSIONS = (1, 2, 3)
+SCHEMA_VERSIONS = (1, 2, 3, 4)
 # Fields every version has, that the leaderboard and the report read (the rest may be absent in old records).
 REQUIRED = ("trial_id", "status", "method", "method_params", "seed", "config", "config_hash", "metrics", "output_dir")
 IGNORED_PARAMS = ("gamma_beta_ratio",)  # derived from other parameters, shown once
@@ -94,6 +96,7 @@ def load_records(*folders: str | Path) -> pd.DataFrame:
                          "configuration": configuration_key(record["config"]), "config": record["config"],
                          "eval_prompts_fingerprint": dataset.get("eval_prompts_fingerprint"),
                          "outcomes": record.get("outcomes", {}), "prompt_clusters": record.get("prompt_clusters", {}),
+                         "examples": record.get("examples", []),
                          "stage": record.get("stage"), "eval_prompts_distinct": dataset.get("eval_prompts_distinct"),
                          "reward_model_fingerprint": dataset.get("reward_model_fingerprint"),
                          "path": str(path.parent), **{

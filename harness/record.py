@@ -16,7 +16,7 @@ from .cache import write_json_atomic
 from .tracking import finite_or_null
 
 RECORD_NAME = "record.json"
-RECORD_SCHEMA_VERSION = 3  # evals/store.py says what each version holds
+RECORD_SCHEMA_VERSION = 4  # evals/store.py says what each version holds
 
 
 class RunRecord(BaseModel):
@@ -35,8 +35,12 @@ class RunRecord(BaseModel):
     dataset: dict[str, Any] = Field(default_factory=dict)  # fingerprint, source, sizes, truncation counts
     metrics: dict[str, Any] = Field(default_factory=dict)
     # Per-prompt win outcomes (1 win, 1/2 tie, 0 loss; k x k samples averaged) by split ("test", "val") and
-    # scorer ("judge", "gold"): what seed aggregation and paired significance tests are computed from.
+    # scorer ("judge", "gold"): what seed aggregation and paired significance tests are computed from; and
+    # "length_diff", each prompt's policy-minus-SFT response length in characters (the length-controlled win rate).
     outcomes: dict[str, dict[str, list[float]]] = Field(default_factory=dict)
+    # A few test outputs beside the SFT model's (prompts drawn by the eval seed, and the most degenerate
+    # responses) with both sides' scores: what the report shows as examples.
+    examples: list[dict[str, Any]] = Field(default_factory=list)
     # By split, the id of each outcome's distinct prompt (the index of its first occurrence): a prompt asked
     # twice is one cluster of the bootstrap, never two independent draws.
     prompt_clusters: dict[str, list[int]] = Field(default_factory=dict)

@@ -21,7 +21,7 @@ import pandas as pd
 from .collapse import THRESHOLDS_TEXT
 from .rows import MEANS, configuration_table, grid_edges  # noqa: F401  (re-exported: the board's building blocks)
 from .selection import Selection, fragile_verdicts, kl_stability, select_best, stored_selection, stored_spec  # noqa: F401
-from .significance import ALPHA, rank
+from .significance import ALPHA, UNTESTED, rank
 from .store import display_path, load_records
 
 
@@ -84,6 +84,9 @@ def _mark(row, prefix: str) -> str:
     mark = row.get(f"{prefix}significance")
     if not isinstance(mark, str):
         return ""
+    if mark == UNTESTED:
+        return (f"{mark}: {row[f'{prefix}gap_to_best']:+.3f} [{row[f'{prefix}gap_to_best_low']:+.3f}, "
+                f"{row[f'{prefix}gap_to_best_high']:+.3f}] over prompts only")
     if mark in ("better", "worse", "n.s."):
         return (f"{mark} ({row[f'{prefix}gap_to_best']:+.3f} [{row[f'{prefix}gap_to_best_low']:+.3f}, "
                 f"{row[f'{prefix}gap_to_best_high']:+.3f}], Holm p={row[f'{prefix}p_holm']:.3f})")
@@ -161,9 +164,14 @@ def legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection) 
              f"judge: {judge}; each row pools the seeds of one configuration (equal resolved config but train.seed); "
              f"{distinct} distinct test prompts.",
              "",
-             "- Win rates are against the SFT model on the test prompts (ties count one half): the mean over seeds, "
-             "a 95% bootstrap interval over seeds x distinct prompts (a prompt asked twice is one draw), and the "
-             "per-seed min-max. Gold: the task's true reward judges instead of the reward model.",
+             ("- Win rates are against the SFT model on the test prompts (ties count one half): the mean over seeds, "
+              "a 95% bootstrap interval over seeds x distinct prompts (a prompt asked twice is one draw), and the "
+              "per-seed min-max. Gold: the task's true reward judges instead of the reward model."
+              if "seeds" not in table.columns or table["seeds"].max() > 1 else
+              "- Win rates are against the SFT model on the test prompts (ties count one half), from ONE seed per row: "
+              "the 95% bootstrap interval is over distinct prompts only and leaves out seed noise, so no row is "
+              "marked better or worse than another (`untested (1 seed)`). Gold: the task's true reward judges instead "
+              "of the reward model."),
              f"- vs best: the row's test win rate minus the reference row's, with a 95% paired bootstrap interval over "
              f"distinct prompts and seeds and a Holm-corrected p-value over the board's {family:.0f} comparison(s) per "
              f"scorer; better / worse where the corrected p < {ALPHA:g}, else n.s. (the order among the best and the "

@@ -8,7 +8,9 @@ tests it. (A board without validation numbers falls back to the highest test win
 comparisons are optimistic.) Each other row's test win rate minus the reference's gets a paired bootstrap
 interval and p-value; the family is the board's comparisons with its reference (m = rows - 1), corrected
 with Holm's step-down method, and a row is marked `better` or `worse` only where its corrected p is below
-ALPHA, otherwise `n.s.`.
+ALPHA, otherwise `n.s.`. A comparison where either row has a single seed is not tested (`untested (1 seed)`,
+its difference and interval still shown, outside the Holm family): with one seed the bootstrap sees prompt
+noise only, and a training seed moves a win rate by more than that.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from .rows import SCORERS, outcome_matrix, prompt_clusters, test_runs
 ALPHA = 0.05
 MARK_COLUMNS = ("significance", "gap_to_best", "gap_to_best_low", "gap_to_best_high", "p_value", "p_holm",
                 "reference_on", "family_size")
+
+
+UNTESTED = "untested (1 seed)"
 
 
 def reference_row(table: pd.DataFrame, scorer: str = "judge") -> tuple[int | None, str]:
@@ -60,6 +65,8 @@ def mark_significance(table: pd.DataFrame, records: pd.DataFrame, scorer: str = 
             found.append(("best", 0.0, 0.0, 0.0, np.nan))
         elif not comparable:
             found.append(("not comparable", np.nan, np.nan, np.nan, np.nan))
+        elif min(a.shape[0], b.shape[0]) < 2:  # one seed: the bootstrap would see prompt noise only, never seed noise
+            found.append((UNTESTED, *paired_difference(b, a, clusters=clusters)[:3], np.nan))
         else:
             found.append(("", *paired_difference(b, a, clusters=clusters)))  # this row minus the reference
     adjusted = holm([f[4] for f in found])

@@ -102,3 +102,21 @@ def test_html_tables_place_each_cell_under_its_own_column():
 
     text = _html_table([{"budget": "1", "dpo": "d1", "ipo": "i1"}, {"budget": "2", "ipo": "i2", "dpo": "d2"}])
     assert "<tr><td>2</td><td>d2</td><td>i2</td></tr>" in text
+
+
+@pytest.mark.parametrize("name", ["beta_sensitivity", "method_comparison"])
+def test_training_curves_plot_every_board_configuration_and_only_its_runs(name):
+    """The figure's data (not its pixels): each board row's test runs under the row's own label, and no
+    other run. (Keyed by method, as the curves once were, each row overwrote the previous one.)"""
+    from evals.report import build_report
+    from evals.rows import test_runs
+    from evals.store import load_records
+    from evals.summary import short_label
+
+    _, _, board, figures = build_report([RESULTS / name])
+    curves = next(f for f in figures if f.name == "training_curves")
+    done = load_records(RESULTS / name).query("status == 'completed'")
+    expected = {short_label(row, done): sorted(test_runs(done[done["configuration"] == row["configuration"]])["path"])
+                for _, row in board.iterrows()}
+    assert len(expected) == len(board)  # one label per row
+    assert {label: sorted(paths) for label, paths in curves.data["runs"].items()} == expected

@@ -30,6 +30,7 @@ TASK_VERSION = 6  # bump when the task or the model recipe changes: it is part o
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 MODEL_SHAPE = dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
                    num_key_value_heads=4, max_position_embeddings=128)
+MODEL_PARAMETERS = 867_712  # of the model above with the task's 114-token vocabulary (tests/test_embedded.py checks it)
 SFT_BATCH, SFT_LR, SFT_LOG_STEPS = 32, 3e-3, 20
 BUILD_THREADS = 2
 

@@ -47,7 +47,16 @@ def test_html_report_holds_every_figure_and_table_and_needs_no_network(tmp_path)
     for figure in figures:
         assert f'id="{figure.name}"' in text and f"{FIGURE_DIR}/{figure.name}.png" in md
         assert figure.caption.split(".")[0] in md  # every figure says what it shows
-    assert text.count("<table>") == sum(line.startswith("|---") for line in md.splitlines()) >= 2  # board, collapse
+    assert text.count("<table") == sum(line.startswith("|---") for line in md.splitlines()) >= 2  # board, collapse
+    # the reader's order: the verdict, the task card, then the compact board; the full board and glossary folded
+    assert text.index('class="verdict"') < text.index("<h2>Task</h2>") < text.index('class="compact"') \
+        < text.index("<summary>The full leaderboard (every column)</summary>") < text.index("<h2>Findings</h2>")
+    compact = text[text.index('class="compact"'):].split("</thead>")[0]
+    assert re.findall(r"<th>([^<]+)</th>", compact) == ["method", "setting", "judge win [95% CI]", "judge",
+                                                        "gold win [95% CI]", "gold", "LC win [95% CI]", "KL (nats)",
+                                                        "length (SFT)", "collapsed"]
+    body = text[text.index('class="compact"'):].split("</table>")[0]
+    assert "beta=0.01" in body and "label_smoothing" not in body  # only the settings that vary
     assert not re.search(r'(src|href)="(https?:)?//', text)  # nothing fetched when the page is opened
     assert "collapsed in 3/3 seeds" in md  # beta 0.01's degenerate seeds are called out
 

@@ -71,6 +71,19 @@ def test_marks_are_holm_corrected_across_the_board(tmp_path):
         assert row["significance"] == ("worse" if row["p_holm"] < 0.05 else "n.s.")
 
 
+
+def test_one_seed_rows_are_never_marked_better_or_worse(tmp_path):
+    """With one seed the bootstrap sees prompt noise only: a gap that would be 'worse' is left untested."""
+    from evals.significance import UNTESTED
+
+    for beta, rate in {0.1: 0.80, 0.3: 0.50}.items():
+        write_record(tmp_path, f"r-{beta}", seed=0, beta=beta, judge=outcomes(rate, n=300, seed=1),
+                     val=outcomes(0.9 if beta == 0.1 else 0.5, seed=2))
+    table = leaderboard(load_records(tmp_path))
+    other = table[table["significance"] != "best"].iloc[0]
+    assert other["significance"] == UNTESTED and other["gap_to_best"] < -0.2 and np.isnan(other["p_holm"])
+
+
 # ---------------------------------------------------------------- the reference row is chosen on validation
 
 def test_best_row_is_chosen_on_validation_not_on_the_test_numbers(tmp_path):

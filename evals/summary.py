@@ -12,18 +12,13 @@ import numpy as np
 import pandas as pd
 
 from .collapse import collapse_reasons
+from .leaderboard import _interval
 from .rows import test_runs
 from .significance import UNTESTED
 
 
 def label(row) -> str:
     return f"{row['method']} ({row['params']}, lr {row['learning_rate']:g})"
-
-
-def _interval(row, key: str) -> str:
-    if key not in row or pd.isna(row.get(key)):
-        return ""
-    return f"{row[key]:.3f} [{row[f'{key}_low']:.3f}, {row[f'{key}_high']:.3f}]"
 
 
 def _history(run) -> list[dict]:

@@ -572,13 +572,15 @@ def example_blocks(board: pd.DataFrame, done: pd.DataFrame) -> list[tuple]:
         return []
     blocks: list[tuple] = [("h2", "Example outputs"),
                            ("p", "From each row's lowest test seed: the policy's response beside the SFT model's to the "
-                                 "same prompt, with both scores by the judge and by gold (higher is better).")]
+                                 "same prompt, with both scores by the judge and by gold (higher is better). The most "
+                                 "degenerate outputs are the run's responses with the most repeated word trigrams, then "
+                                 "the longest; samples are prompts drawn by the eval seed, the same for every row.")]
     for _, row in board.iterrows():
         if row.get("collapsed") and (rows := example_rows(row, done, ("most degenerate",))):
-            blocks += [("h3", f"{label(row)}: its most degenerate outputs (collapsed in {row['collapsed']})"),
+            blocks += [("h3", f"{short_label(row, done)}: its most degenerate outputs (collapsed in {row['collapsed']})"),
                        ("table", rows, "examples")]
     samples = [block for _, row in board.iterrows() if (rows := example_rows(row, done))
-               for block in (("h3", label(row)), ("table", rows, "examples"))]
+               for block in (("h3", short_label(row, done)), ("table", rows, "examples"))]
     return blocks + ([("details", "Sample outputs of every row", samples)] if samples else [])
 
 

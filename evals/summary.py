@@ -170,7 +170,10 @@ def compact_rows(board: pd.DataFrame, done: pd.DataFrame) -> list[dict[str, str]
     for _, row in board.iterrows():
         varied, lr_varies = varied_params(done, row["method"])
         params = " ".join(t for t in str(row["params"]).split() if t.split("=")[0] in varied)
-        mark = lambda p: str(row.get(f"{p}significance", "")) if isinstance(row.get(f"{p}significance"), str) else ""  # noqa: E731
+        def mark(prefix: str) -> str:
+            value = row.get(f"{prefix}significance")
+            return ("1 seed" if value == UNTESTED else value) if isinstance(value, str) else ""
+
         cells = {"method": row["method"], "setting": " ".join(filter(None, [params, f"lr {row['learning_rate']:g}"
                                                                           if lr_varies else ""])) or "default",
                  "judge win [95% CI]": _interval(row, "win_rate"), "judge": mark(""),

@@ -103,7 +103,8 @@ def display_rows(table: pd.DataFrame, selected: bool) -> list[dict[str, str]]:
         cells = {"method": row["method"], "params": row["params"], "lr": cell(row["learning_rate"]),
                  "seeds": str(row["seeds"]),
                  "judge win rate [95% CI]": _interval(row, "win_rate"), "judge vs best": _mark(row, ""),
-                 "LC win rate [95% CI]": _interval(row, "lc_win_rate") + (" (!)" if row.get("lc_warning") is True else ""),
+                 "LC win rate [95% CI]": (f"refused: {row['lc_refused']}" if row.get("lc_refused") else
+                                          _interval(row, "lc_win_rate") + (" (!)" if row.get("lc_warning") is True else "")),
                  "gold win rate [95% CI]": _interval(row, "gold_win_rate"), "gold vs best": _mark(row, "gold_"),
                  "seed min-max": f"{row['win_rate_min']:.3f}-{row['win_rate_max']:.3f}" if "win_rate_min" in row else "",
                  "gold reward (SFT)": f"{get('gold_reward')} ({get('gold_reward_sft')})" if "gold_reward" in row else "",
@@ -180,7 +181,9 @@ def legend(table: pd.DataFrame, records: pd.DataFrame, folder: Path, selection) 
              "- LC win rate: the length-controlled judge win rate of AlpacaEval 2 (a logistic GLM of the judge's "
              "verdict on tanh of the standardised policy-minus-SFT length difference in characters, predicted at zero "
              "difference; one fit over the row's seeds x prompts, interval by the same bootstrap, refitted); (!) "
-             "where it moves more than 0.10 from the raw rate, as AlpacaEval warns (the GLM extrapolates).",
+             "where it moves more than 0.10 from the raw rate, as AlpacaEval warns; refused where fewer than 10% of "
+             "the row's answers are no longer (or no shorter) than SFT's, since zero difference is then outside "
+             "the data.",
              "- KL(policy || SFT) in nats from plain samples of the policy: mean and median over seeds, and the mean "
              "per-token KL.",
              "- judge-gold gap: judge win rate minus gold win rate on the row's own outputs; FLAG when its interval "

@@ -13,8 +13,11 @@ checks this fit against alpaca-eval 0.6.6's own `fit_LogisticRegressionCV` on fi
 
 Valid when the judge's preference moves with length monotonically and the policy's length differs from
 SFT's on enough prompts to estimate the slope; with no spread in d the slope is not identified and the LC
-win rate is the raw one. Like AlpacaEval, a change of more than 0.10 from the raw win rate is flagged
-(`lc_warning`): the GLM may be extrapolating. With fewer than MIN_COMPARISONS comparisons it refuses (None).
+win rate is the raw one. Predicting at zero length difference is an extrapolation unless the data holds
+comparisons on both sides of it: it refuses (None; `refusal` says why) unless at least MIN_SUPPORT of the
+comparisons have the policy no longer than SFT and MIN_SUPPORT no shorter (a run whose every answer is
+three times SFT's length has no comparison near zero to stand on), or with fewer than MIN_COMPARISONS
+comparisons. Like AlpacaEval, a change of more than 0.10 from the raw win rate is flagged (`lc_warning`).
 
 The interval resamples seeds and distinct prompts as every other interval here (evals/aggregate.py),
 refitting the GLM on each replicate; sd(d) is that of the full sample (a fixed feature scale).
@@ -29,6 +32,7 @@ import numpy as np
 from .aggregate import LEVEL, N_BOOT
 
 MIN_COMPARISONS = 20
+MIN_SUPPORT = 0.10  # share of comparisons needed on each side of zero length difference
 WARN_CHANGE = 0.10  # AlpacaEval's get_is_extreme_changes: 10 win-rate points
 _RIDGE = 1e-9  # keeps the 2 x 2 Newton system invertible when a replicate has no length spread
 
@@ -74,16 +78,28 @@ def fit(y: np.ndarray, x: np.ndarray, weights: np.ndarray | None = None, iterati
     return beta[:, 0], beta[:, 1]
 
 
+def refusal(length_diff) -> str | None:
+    """Why the LC win rate cannot be estimated from these length differences, or None when it can."""
+    d = np.asarray(length_diff, dtype=np.float64).ravel()
+    if d.size < MIN_COMPARISONS:
+        return f"{d.size} comparisons, fewer than {MIN_COMPARISONS}"
+    shorter, longer = float(np.mean(d <= 0)), float(np.mean(d >= 0))
+    if min(shorter, longer) < MIN_SUPPORT:
+        side = "longer" if longer > shorter else "shorter"
+        return f"{max(1 - shorter, 1 - longer):.0%} of answers {side} than SFT's: zero length difference is outside the data"
+    return None
+
+
 def length_controlled(outcomes, length_diff, clusters=None, n_boot: int = N_BOOT, seed: int = 0) -> LengthControlled | None:
     """LC win rate of a seeds x prompts matrix of outcomes (1 win, 1/2 tie, 0 loss) with the matching
     policy-minus-SFT length differences (characters), and its 95% interval over seeds x distinct prompts
     (`clusters`: each column's prompt id; repeats of a prompt are drawn together). None when it cannot be
-    estimated (fewer than MIN_COMPARISONS comparisons)."""
+    estimated (see `refusal`)."""
     y = np.atleast_2d(np.asarray(outcomes, dtype=np.float64))
     d = np.atleast_2d(np.asarray(length_diff, dtype=np.float64))
     if y.shape != d.shape:
         raise ValueError(f"outcomes {y.shape} and length differences {d.shape} must have the same shape")
-    if y.size < MIN_COMPARISONS:
+    if refusal(d) is not None:
         return None
     n_seeds, n_prompts = y.shape
     x = features(d.ravel())

@@ -15,7 +15,7 @@ import pandas as pd
 
 from .aggregate import seed_prompt_interval
 from .collapse import collapse_summary
-from .length_control import length_controlled
+from .length_control import length_controlled, refusal
 from .store import IGNORED_PARAMS
 
 # Means over seeds of these per-run metrics (where the records have them).
@@ -90,6 +90,7 @@ def configuration_row(runs: pd.DataFrame) -> dict:
     lengths = outcome_matrix(tested, "length_diff")
     if matrices["judge"] is not None and lengths is not None and lengths.shape == matrices["judge"].shape:
         lc = length_controlled(matrices["judge"], lengths, clusters)  # one GLM over the row's seeds x prompts
+        row["lc_refused"] = refusal(lengths) or ""
         if lc is not None:
             row.update({"lc_win_rate": lc.rate, "lc_win_rate_low": lc.low, "lc_win_rate_high": lc.high,
                         "lc_length_coef": lc.length_coef, "lc_warning": lc.warning})

@@ -99,7 +99,9 @@ def verdict(board: pd.DataFrame, done: pd.DataFrame, metric: str, stability: pd.
             text += f"; the judge overstates gold on {(gaps > 0).sum()} of {len(gaps)} rows ({gaps.mean():+.3f} on average)"
         if "lc_win_rate" in board.columns and board["lc_win_rate"].notna().any():
             shift = (board["lc_win_rate"] - board["win_rate"]).dropna()
-            text += f"; controlled for length, judge win rates move by {shift.mean():+.3f} on average"
+            refused = int(board["lc_refused"].astype(bool).sum()) if "lc_refused" in board.columns else 0
+            text += (f"; controlled for length, judge win rates move by {shift.mean():+.3f} on average"
+                     + (f" ({refused} row{'s' if refused != 1 else ''} without one: lengths too far from SFT's)" if refused else ""))
         out.append(text + ".")
     collapsed = board[board["collapsed"].astype(bool)] if "collapsed" in board.columns else board.iloc[:0]
     if len(collapsed):
@@ -178,7 +180,8 @@ def compact_rows(board: pd.DataFrame, done: pd.DataFrame) -> list[dict[str, str]
                                                                           if lr_varies else ""])) or "default",
                  "judge win [95% CI]": _interval(row, "win_rate"), "judge": mark(""),
                  "gold win [95% CI]": _interval(row, "gold_win_rate"), "gold": mark("gold_"),
-                 "LC win [95% CI]": _interval(row, "lc_win_rate") + (" (!)" if row.get("lc_warning") is True else ""),
+                 "LC win [95% CI]": ("n/a: length off SFT's" if row.get("lc_refused") else
+                                     _interval(row, "lc_win_rate") + (" (!)" if row.get("lc_warning") is True else "")),
                  "KL (nats)": f"{row['kl_to_sft']:.2f}" if pd.notna(row.get("kl_to_sft")) else "",
                  "length (SFT)": (f"{row['mean_length']:.1f} ({row['mean_length_sft']:.1f})"
                                   if pd.notna(row.get("mean_length")) else ""),

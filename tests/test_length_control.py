@@ -49,3 +49,17 @@ def test_weighted_fit_equals_the_fit_on_repeated_rows():
     theta, phi = fit(y, x, w[None, :])
     theta_rep, phi_rep = fit(np.repeat(y, w.astype(int)), np.repeat(x, w.astype(int)))
     assert theta[0] == pytest.approx(theta_rep[0], abs=1e-8) and phi[0] == pytest.approx(phi_rep[0], abs=1e-8)
+
+
+def test_lc_refuses_when_zero_length_difference_is_outside_the_data():
+    """Every answer far longer than SFT's (a collapsed, run-on policy): predicting at zero difference would
+    extrapolate, so there is no LC win rate, and the reason says so."""
+    from evals.length_control import refusal
+
+    rng = np.random.default_rng(2)
+    d = rng.normal(120, 20, size=(3, 200))
+    y = rng.random(d.shape).round()
+    assert length_controlled(y, d, n_boot=50) is None
+    assert "longer than SFT's" in refusal(d)
+    d[:, :40] = -5  # 20% of the comparisons on the other side: estimable again
+    assert refusal(d) is None and length_controlled(y, d, n_boot=50) is not None

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .collapse import collapse_reasons
 from .leaderboard import _interval
 from .rows import test_runs
 from .significance import UNTESTED
@@ -205,6 +204,3 @@ def example_rows(row, done: pd.DataFrame, kinds=("sample",)) -> list[dict[str, s
                     for e in found]
     return []
 
-
-def has_collapsed(row, done: pd.DataFrame) -> bool:
-    return any(collapse_reasons(r) for _, r in test_runs(done[done["configuration"] == row["configuration"]]).iterrows())

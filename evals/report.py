@@ -27,7 +27,7 @@ from .collapse import THRESHOLDS_TEXT, collapse_reasons
 from .leaderboard import display_rows, leaderboard, legend, stability_rows, table_columns, to_markdown, unequal_data
 from .selection import fragile_verdicts, kl_stability, select_best, stored_selection, stored_spec
 from .store import display_path, load_records
-from .summary import compact_rows, example_rows, label, short_label, task_card, verdict
+from .summary import compact_rows, example_rows, short_label, task_card, verdict
 
 FIGURE_DIR = "report_files"
 CURVES = {"offline": ("loss", "margins", "logps/chosen", "logps/rejected"), "online": ("loss", "rollout/score", "rollout/kl")}
@@ -371,6 +371,7 @@ def findings(board: pd.DataFrame, done: pd.DataFrame, stability: pd.DataFrame | 
     """Sentences that only restate what the numbers show."""
     if board.empty or "win_rate" not in board.columns:
         return ["No completed run with an evaluation: nothing to compare."]
+    label = lambda r: short_label(r, done)  # noqa: E731  (the method and only the settings that vary)
     out = []
     boards = board.groupby("group", sort=False) if "group" in board.columns else [("", board)]
     for group, part in boards:

@@ -16,10 +16,6 @@ from .rows import test_runs
 from .significance import UNTESTED
 
 
-def label(row) -> str:
-    return f"{row['method']} ({row['params']}, lr {row['learning_rate']:g})"
-
-
 def _history(run) -> list[dict]:
     path = Path(run["path"]) / "metrics.jsonl"
     return [r for r in map(json.loads, path.read_text().splitlines()) if "step" in r] if path.is_file() else []

@@ -111,7 +111,7 @@ DEGENERATE = 2  # and the run's most degenerate outputs
 
 
 def example_outputs(prompts: list, texts: list[str], sft_generations: dict, scored: dict[str, np.ndarray], clusters,
-             seed: int) -> list[dict[str, Any]]:
+                    seed: int) -> list[dict[str, Any]]:
     """A few of the run's outputs, kept in its record: EXAMPLES distinct prompts drawn by the eval seed (so
     every run evaluated with that seed shows the same prompts) and the DEGENERATE responses with the most
     repeated word trigrams (then the longest), each with the SFT response to the same prompt and both

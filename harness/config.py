@@ -134,7 +134,8 @@ class WandbConfig(_Strict):
 
 
 def _default_cache_dir() -> str:
-    return os.environ.get("HARNESS_CACHE_DIR", str(Path("~/.cache/alignment-harness").expanduser()))
+    # an empty HARNESS_CACHE_DIR is unset, not the current directory (which would put the cache in a checkout)
+    return os.environ.get("HARNESS_CACHE_DIR") or str(Path("~/.cache/alignment-harness").expanduser())
 
 
 class RunConfig(_Strict):

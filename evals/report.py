@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from .collapse import THRESHOLDS_TEXT, collapse_reasons
 from .leaderboard import display_rows, leaderboard, legend, stability_rows, table_columns, to_markdown, unequal_data
 from .selection import fragile_verdicts, kl_stability, select_best, stored_selection, stored_spec
 from .store import display_path, load_records
-from .summary import compact_rows, example_rows, short_label, task_card, verdict
+from .summary import compact_rows, example_rows, short_label, task_card, training_history, verdict
 
 FIGURE_DIR = "report_files"
 CURVES = {"offline": ("loss", "margins", "logps/chosen", "logps/rejected"), "online": ("loss", "rollout/score", "rollout/kl")}
@@ -229,9 +228,8 @@ def training_curves_figure(done: pd.DataFrame, board: pd.DataFrame, colors: dict
         runs = test_runs(done[done["configuration"] == row["configuration"]])
         found = []
         for _, run in runs.iterrows():
-            path = Path(run["path"]) / "metrics.jsonl"
-            if path.is_file():
-                found.append([r for r in map(json.loads, path.read_text().splitlines()) if "step" in r])
+            if steps := training_history(run):
+                found.append(steps)
                 plotted.setdefault(short_label(row, done), []).append(str(run["path"]))
         if found:
             kind = "online" if run["config"].get("online") else "offline"  # offline runs record online: None
@@ -445,9 +443,9 @@ table.compact td:first-child,table.compact th:first-child{position:sticky;left:0
 table.compact th:first-child{background:#f3f3f3;z-index:2}table.examples td{white-space:normal;min-width:6em;
 max-width:26em}.verdict{font-size:1.05em;background:#f6f8fa;border-left:4px solid #2a6;padding:.6em 1em}
 details{margin:.8em 0}summary{cursor:pointer;font-weight:600}
-@media (max-width:700px){body{margin:1em auto;padding:0 .5em}table{font-size:.72em}td,th{padding:2px 4px}}
 .img{overflow-x:auto}.img img{max-width:100%;height:auto;border:1px solid #eee}
-@media (max-width:700px){.img img{max-width:none}}figcaption{font-size:.9em;color:#444;max-width:760px}
+@media (max-width:700px){body{margin:1em auto;padding:0 .5em}table{font-size:.72em}td,th{padding:2px 4px}
+.img img{max-width:none}}figcaption{font-size:.9em;color:#444;max-width:760px}
 code{background:#f3f3f3;padding:0 3px}"""
 
 
@@ -468,7 +466,7 @@ def render(blocks: list[tuple], title: str) -> tuple[str, str, dict[str, bytes]]
 
 def _render(blocks: list[tuple], md: list[str], body: list[str], files: dict[str, bytes]) -> None:
     """Blocks: (h2|h3, text), (p, text), (verdict, sentences), (ul, items), (table, rows[, css class]),
-    (figure, Figure), (details, summary, blocks[, open])."""
+    (figure, Figure), (details, summary, blocks): a collapsed section."""
     for kind, *content in blocks:
         if kind in ("h2", "h3"):
             md += [f"{'#' * int(kind[1])} {content[0]}", ""]
@@ -486,9 +484,9 @@ def _render(blocks: list[tuple], md: list[str], body: list[str], files: dict[str
             md += [to_markdown(content[0])]
             body.append(_html_table(content[0], *content[1:]))
         elif kind == "details":
-            summary, inner, *opened = content
-            md += [f"<details{' open' if opened and opened[0] else ''}><summary>{html.escape(summary)}</summary>", ""]
-            body.append(f"<details{' open' if opened and opened[0] else ''}><summary>{html.escape(summary)}</summary>")
+            summary, inner = content
+            md += [f"<details><summary>{html.escape(summary)}</summary>", ""]
+            body.append(f"<details><summary>{html.escape(summary)}</summary>")
             _render(inner, md, body, files)
             md += ["</details>", ""]
             body.append("</details>")

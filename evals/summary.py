@@ -16,7 +16,8 @@ from .rows import test_runs
 from .significance import UNTESTED
 
 
-def _history(run) -> list[dict]:
+def training_history(run) -> list[dict]:
+    """A run's logged training steps (its metrics.jsonl), [] when it kept none."""
     path = Path(run["path"]) / "metrics.jsonl"
     return [r for r in map(json.loads, path.read_text().splitlines()) if "step" in r] if path.is_file() else []
 
@@ -28,7 +29,7 @@ def collapse_clause(row, done: pd.DataFrame) -> str:
     parts = []
     if pd.notna(row.get("kl_to_sft")):
         parts.append(f"it drifted {row['kl_to_sft']:.0f} nats (KL) from SFT")
-    chosen = [h for h in map(_history, (r for _, r in runs.iterrows())) if h and "logps/chosen" in h[0]]
+    chosen = [h for h in map(training_history, (r for _, r in runs.iterrows())) if h and "logps/chosen" in h[0]]
     if chosen:
         first = np.mean([h[0]["logps/chosen"] for h in chosen])
         last = np.mean([h[-1]["logps/chosen"] for h in chosen])

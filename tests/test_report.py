@@ -129,3 +129,23 @@ def test_training_curves_plot_every_board_configuration_and_only_its_runs(name):
                 for _, row in board.iterrows()}
     assert len(expected) == len(board)  # one label per row
     assert {label: sorted(paths) for label, paths in curves.data["runs"].items()} == expected
+
+
+def test_judge_gold_figure_marks_the_rows_the_table_flags_and_the_frontier_clips_only_outliers():
+    """What the two figures show, from their data: the crosses are the board's FLAG rows, and the frontier
+    cuts off only configurations far below the rest (beta 0.01's run-on collapse), never the SFT side."""
+    from evals.report import build_report
+    from evals.store import load_records
+    from evals.summary import short_label
+
+    folder = RESULTS / "beta_sensitivity"
+    _, _, board, figures = build_report([folder])
+    by_name = {f.name: f for f in figures}
+    done = load_records(folder).query("status == 'completed'")
+    flagged = [short_label(r, done) for _, r in board.iterrows() if r["judge_gap_flag"] is True]
+    assert by_name["judge_vs_gold"].data["flagged"] == flagged and flagged
+    frontier = by_name["reward_kl_frontier"].data
+    assert set(frontier["configurations"]) == set(done["configuration"])
+    means = done.groupby("configuration")["gold_reward"].mean()
+    clipped, kept = means[frontier["clipped"]], means.drop(frontier["clipped"])
+    assert len(clipped) and clipped.max() < kept.min() and clipped.max() < done["gold_reward_sft"].mean()

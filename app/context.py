@@ -71,11 +71,19 @@ class RunContext:
         return load_causal_lm(self.task.sft_path, self.cfg.model, device)
 
     def training_prompts(self) -> list[tuple]:
-        """The distinct prompts of the training rows with their token ids: what an online method samples from."""
+        """The distinct prompts of the training rows, each as (the prompt the reward model is shown, the token
+        ids the policy is conditioned on): what an online method samples from. A prompt longer than
+        data.max_prompt_length keeps its last tokens for the policy, and the reward model is shown the text
+        of exactly those tokens, so it judges the response to what the policy saw."""
         seen: dict[str, Any] = {}
         for row in self.task.rows:
             seen.setdefault(repr(row["prompt"]), row["prompt"])
-        return [(prompt, self.formatter.prompt_ids(prompt)) for prompt in seen.values()]
+        out = []
+        for prompt in seen.values():
+            ids = self.formatter.prompt_ids(prompt)
+            cut = len(ids) < len(self.formatter.untruncated_prompt_ids(prompt))
+            out.append((self.tokenizer.decode(ids, skip_special_tokens=True) if cut else prompt, ids))
+        return out
 
     def reward_model(self) -> RewardModelJudge:
         """What an online method optimises: `online.reward`, or the proxy trained on this run's own

@@ -137,7 +137,7 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
         spec=spec, trial_id=trial_id or output_dir.name, method=method.name, stage=stage, sweep=sweep,
         method_params=method.recorded_params(), seed=cfg.train.seed,
         method_facts={"reference_free": method.reference_free, "paired": method.paired, "kind": method.kind,
-                      "consumes": sorted(method.consumes)},
+                      "consumes": sorted(method.consumes), "reference": method.reference},
         config=cfg.resolved(), config_hash=cfg.config_hash(), output_dir=str(output_dir),
         dataset={"source": cfg.data.source, "sft_model": task.sft_path, "sft_fingerprint": ctx.sft_fingerprint,
                  **task.stats, **data,
@@ -154,12 +154,13 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
     try:
         reference_hit, reference_tokens, reference_computed = None, 0, 0
         if online:
-            score = lambda texts, completions: reward_model.score(texts, decode_completions(tokenizer, completions))  # noqa: E731
+            score = lambda texts, completions, ended: reward_model.score(  # noqa: E731
+                texts, decode_completions(tokenizer, completions), ended)
             state = train_online(accelerator, model, method, prompts, score, ctx.reference_beside(model), tokenizer,
                                  cfg.train, cfg.online, output_dir, tracker.log)
         else:
             reference = None
-            if not method.reference_free:
+            if method.reference == "frozen":  # the other variants need no SFT log-probs to train
                 needed = consumed_examples(prepared.examples, cfg.train, accelerator.num_processes)
                 reference, reference_computed = cached_reference(Reference.untrained(model, ctx.sft_fingerprint),
                                                                  prepared, tokenizer.pad_token_id, cfg.cache_dir, needed)
@@ -232,7 +233,7 @@ def prepare(config: RunConfig | dict) -> dict[str, Any]:
         if cfg.online.reward == "proxy":
             done["proxy_reward_model_cache_hit"] = proxy_reward_model(task.sft_path, ctx.sft_fingerprint, task.rows,
                                                                       cfg.cache_dir, cfg.online.proxy_steps)[1]
-    elif not ctx.method.reference_free:
+    elif ctx.method.reference == "frozen":
         prepared = prepare_examples(task.rows, ctx.formatter, ctx.method.consumes, cfg.data.seed)
         done["reference_cache_hit"] = cached_reference(sft, prepared, ctx.tokenizer.pad_token_id, cfg.cache_dir)[1] == 0
     for split, prompts in (("eval", task.eval_prompts), ("val", task.val_prompts)):

@@ -52,24 +52,37 @@ class RewardModelJudge:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        # A text longer than max_length loses the beginning of its prompt, never the response being scored
+        # (right truncation would cut the response and leave two different responses the same score).
+        self.tokenizer.truncation_side = "left"
         self.name = f"rm:{local.name if local.exists() else path}"
         self.fingerprint = fingerprint(path)
         self.path, self.batch_size, self.max_length = path, batch_size, max_length
         info = local / "judge_info.json"
         self.info = json.loads(info.read_text()) if info.is_file() else {}
 
-    def text(self, prompt, response: str) -> str:
+    def text(self, prompt, response: str, finished: bool = True) -> str:
+        """The judge's input: a `finished` response ends as a finished one does (EOS, or the chat template's
+        end of turn); an unfinished one (cut at max_new_tokens) is left open, so it is not scored as complete."""
         if getattr(self.tokenizer, "chat_template", None):
             messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-            return self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
+            return self.tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}],
+                                                      tokenize=False, continue_final_message=not finished)
         if isinstance(prompt, list):
             prompt = "\n".join(m["content"] for m in prompt)
-        eos = self.tokenizer.eos_token or ""
+        eos = (self.tokenizer.eos_token or "") if finished else ""
         return f"{prompt} {response}{eos}"
 
     @torch.no_grad()
-    def score(self, prompts: list, responses: list[str]) -> list[float]:
-        texts = [self.text(p, r) for p, r in zip(prompts, responses)]
+    def score(self, prompts: list, responses: list[str], finished: list[bool] | None = None) -> list[float]:
+        """One score per (prompt, response); `finished` (default: all) says which responses ended with EOS."""
+        finished = [True] * len(responses) if finished is None else finished
+        for response in responses:
+            size = len(self.tokenizer(response, add_special_tokens=False)["input_ids"])
+            if size >= self.max_length:
+                raise BadInput(f"reward model {self.path}: a response of {size} tokens does not fit its "
+                               f"max_length {self.max_length} with any prompt (lower the max_new_tokens)")
+        texts = [self.text(p, r, f) for p, r, f in zip(prompts, responses, finished)]
         scores: list[float] = []
         for start in range(0, len(texts), self.batch_size):
             batch = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,

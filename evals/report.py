@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .ablation import reference_section
 from .aggregate import seed_prompt_interval
 from .rows import prompt_clusters, test_runs
 from .collapse import THRESHOLDS_TEXT, collapse_reasons
@@ -550,6 +551,7 @@ def build_report(folders: list[Path]) -> tuple[list[tuple], str, pd.DataFrame, l
          [("ul", [line[2:] for line in legend(board, records, folders[0], selection).splitlines() if line.startswith("- ")])]),
         ("h2", "Findings"),
         ("ul", findings(board, done, stability, spec.get("tuning", {}).get("edge_notes"))),
+        *reference_section(board, done),
         *stability_blocks,
         *example_blocks(board, done),
         ("h2", "Collapse"),

@@ -123,6 +123,9 @@ class OnlineConfig(_Strict):
     reward: str = Field("proxy", description="'proxy' (a Bradley-Terry reward model trained on the run's own "
                         "training pairs) or a reward model's hub id/path")
     proxy_steps: int = Field(600, gt=0, description="optimizer steps of the proxy reward model")
+    missing_eos_penalty: float | None = Field(None, ge=0, description="subtracted from the score of a completion "
+                                              "cut at max_new_tokens (no EOS), as TRL's missing_eos_penalty; "
+                                              "None = no penalty")
 
 
 class WandbConfig(_Strict):
@@ -172,6 +175,8 @@ class RunConfig(_Strict):
             tree["data"].pop("columns")
         if not tree["train"]["group_by_length"]:
             tree["train"].pop("group_by_length")
+        if tree.get("online") and tree["online"]["missing_eos_penalty"] is None:
+            tree["online"].pop("missing_eos_penalty")
         return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -345,7 +345,7 @@ class Formatter:
         return list(self.tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                                        add_generation_prompt=generation_prompt)["input_ids"])
 
-    def _untruncated_prompt_ids(self, prompt: Text) -> list[int]:
+    def untruncated_prompt_ids(self, prompt: Text) -> list[int]:
         if self._conversational(prompt):
             return self._template_ids(prompt, generation_prompt=True)
         return self.tokenizer(prompt)["input_ids"]
@@ -371,7 +371,7 @@ class Formatter:
 
     def prompt_ids(self, prompt: Text) -> list[int]:
         """The prompt as the model sees it before generating (chat template with the generation prompt)."""
-        return self._truncate_prompt(self._untruncated_prompt_ids(prompt))
+        return self._truncate_prompt(self.untruncated_prompt_ids(prompt))
 
     def encode(self, prompt: Text, completions: list[Text]) -> tuple[list[int], list[list[int]]]:
         """Prompt ids and each completion's ids, split where the tokenised prompt and sequences diverge."""
@@ -379,7 +379,7 @@ class Formatter:
 
         if _is_messages(prompt):  # normalise_row gives message-list prompts message-list completions
             completions = [c if _is_messages(c) else [{"role": "assistant", "content": c}] for c in completions]
-        prompt_ids = self._untruncated_prompt_ids(prompt)
+        prompt_ids = self.untruncated_prompt_ids(prompt)
         sequences = [self._sequence_ids(prompt, c) for c in completions]
         shared = min(common_prefix_length(prompt_ids, s) for s in sequences)
         prompt_ids = self._truncate_prompt(prompt_ids[:shared])

@@ -4,7 +4,9 @@ Per rollout batch (every `online.epochs x minibatches` micro-batches, in each pr
   1. draw `online.prompts_per_rollout` training prompts (seeded by the run seed, rollout index, process)
   2. sample `method.samples_per_prompt` completions of each with the policy: plain sampling (temperature 1,
      top_p 1), so the per-token log-probs below are those of the distribution that produced the tokens
-  3. score each completion with the reward model
+  3. score each completion with the reward model, shown the prompt as the policy saw it (its kept tokens) and
+     the completion as sampled: one cut at online.max_new_tokens is scored unfinished (no EOS appended) and,
+     with online.missing_eos_penalty set, has that much subtracted from its score (TRL's missing_eos_penalty)
   4. per-token log-probs of the policy as it sampled (the "old" policy of the ratio) and of the reference
      (the SFT weights: the adapter disabled under LoRA, else the frozen copy), and per-token values when
      the method consumes VALUES
@@ -31,7 +33,7 @@ import torch
 from .config import OnlineConfig, TrainConfig
 from .data import collate
 from .errors import BadInput
-from .generation import sample
+from .generation import eos_token_ids, finished, sample
 from .logps import CHOSEN, VALUES, LossOutput, TokenLogps, logps_of_tokens
 from .reference import Reference
 from .trainer import TrainState, policy_optimizer, train_loop
@@ -50,6 +52,7 @@ class Rollout:
     logps: torch.Tensor  # (n, T) the sampling policy's per-token log-probs (no gradient)
     ref_logps: torch.Tensor  # (n, T) the reference's
     values: torch.Tensor | None = None  # (n, T) value estimates at sampling time (methods consuming VALUES)
+    max_new_tokens: int = 0  # the longest completion the sampler could draw (Dr. GRPO normalises by it)
     fields: dict[str, torch.Tensor] = field(default_factory=dict)  # the method's: advantages, returns...
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # per-batch figures to log beside the loss
 
@@ -86,13 +89,20 @@ class ValueHead(torch.nn.Module):
         return out.logits, self.head(out.hidden_states[-1].float()).squeeze(-1)
 
 
-def forward_tokens(model, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Per-token log-probs (n, T) and, for a ValueHead, per-token values (n, T)."""
+def forward_tokens(model, input_ids, attention_mask, entropy: bool = False):
+    """Per-token log-probs (n, T), per-token values (n, T) for a ValueHead (else None), and with `entropy`
+    the policy's per-token entropy (n, T, no gradient; else None)."""
     if isinstance(getattr(model, "module", model), ValueHead):
         logits, values = model(input_ids, attention_mask)
-        return logps_of_tokens(logits, input_ids), values[:, :-1]
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return logps_of_tokens(logits, input_ids), None
+        values = values[:, :-1]
+    else:
+        logits, values = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits, None
+    entropies = None
+    if entropy:
+        with torch.no_grad():
+            shifted = logits[:, :-1].float()
+            entropies = shifted.logsumexp(-1) - (shifted.softmax(-1) * shifted).sum(-1)
+    return logps_of_tokens(logits, input_ids), values, entropies
 
 
 class RolloutStream:
@@ -119,24 +129,39 @@ class RolloutStream:
         self.model.eval()  # dropout off for sampling and for every forward after it (see the module docstring)
         completions = sample(self.policy, self.tokenizer, prompt_ids, max_new_tokens=self.online.max_new_tokens,
                              seed=self._seed(index, 1), desc="rollouts")
+        eos = eos_token_ids(self.policy, self.tokenizer)
+        ended = [finished(c, eos) for c in completions]
         batch = collate([[(p, c, CHOSEN)] for p, c in zip(prompt_ids, completions)], None, self.tokenizer.pad_token_id)
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         mask = batch["completion_mask"][:, 1:].to(device=device, dtype=torch.float32)
-        logps, values = forward_tokens(self.model, input_ids, attention_mask)
+        logps, values, _ = forward_tokens(self.model, input_ids, attention_mask)
         ref_logps = self.reference.token_logps(input_ids, attention_mask)
-        scores = torch.as_tensor(self.reward([self.prompts[i][0] for i in picked for _ in range(k)], completions),
+        scores = torch.as_tensor(self.reward([self.prompts[i][0] for i in picked for _ in range(k)], completions, ended),
                                  dtype=torch.float32, device=device)
+        truncated = torch.tensor([not e for e in ended], dtype=torch.float32, device=device)
+        if self.online.missing_eos_penalty is not None:
+            scores = scores - self.online.missing_eos_penalty * truncated
         rollout = Rollout(input_ids, attention_mask, mask, torch.arange(len(picked), device=device).repeat_interleave(k),
                           scores, logps.float() * mask, ref_logps.float() * mask,
-                          None if values is None else values.float() * mask)
+                          None if values is None else values.float() * mask, max_new_tokens=self.online.max_new_tokens)
         rollout.fields, rollout.metrics = self.method.advantages(rollout)
         generated = int(mask.sum())
         rollout.metrics = {**rollout.metrics, "rollout/score": scores.mean(), "rollout/kl": rollout.kl().mean(),
-                           "rollout/length": mask.sum(-1).mean()}
+                           "rollout/length": mask.sum(-1).mean(), "rollout/truncated": truncated.mean()}
         # Work done for this batch: tokens sampled, and tokens forwarded without gradients by the policy, the
         # reference and the reward model (counted in the policy's tokens; the reward model's tokenizer may differ).
         self.pending_counts = {"tokens_generated": generated, "tokens_forwarded": 3 * int(attention_mask.sum())}
         return rollout
+
+    def _order(self, rollout: Rollout, generator: torch.Generator) -> torch.Tensor:
+        """A shuffled order of the rollout's sequences; for a method whose loss compares the samples of one
+        prompt (`whole_groups`, e.g. online DPO's pairs), a shuffle of whole groups, so that a minibatch of
+        train.batch_size sequences (a multiple of the group size) never splits one."""
+        if not self.method.whole_groups:
+            return torch.randperm(len(rollout), generator=generator).to(rollout.input_ids.device)
+        k = self.method.samples_per_prompt
+        groups = torch.randperm(len(rollout) // k, generator=generator)
+        return (groups[:, None] * k + torch.arange(k)).flatten().to(rollout.input_ids.device)
 
     def __iter__(self):
         index = self.start
@@ -144,7 +169,7 @@ class RolloutStream:
             rollout = self.collect(index)
             order_rng = torch.Generator().manual_seed(self._seed(index, 2))
             for _ in range(self.online.epochs):
-                order = torch.randperm(len(rollout), generator=order_rng).to(rollout.input_ids.device)
+                order = self._order(rollout, order_rng)
                 for start in range(0, len(rollout), self.train.batch_size):
                     part = rollout.select(order[start:start + self.train.batch_size])
                     counts, self.pending_counts = self.pending_counts, {}
@@ -164,6 +189,9 @@ def train_online(accelerator, policy, method, prompts: list[tuple[Any, list[int]
                  tokenizer, cfg: TrainConfig, online: OnlineConfig, output_dir, log) -> TrainState:
     """An online method's training through `train_loop`; trains `policy` in place (with a value head beside
     it when the method consumes VALUES)."""
+    if method.whole_groups and cfg.batch_size % method.samples_per_prompt:
+        raise BadInput(f"train.batch_size={cfg.batch_size} must be a multiple of {method.name}'s "
+                       f"{method.samples_per_prompt} samples per prompt (its loss compares the samples of a prompt)")
     if online.prompts_per_rollout > len(prompts):
         raise BadInput(f"online.prompts_per_rollout={online.prompts_per_rollout} but the training data has "
                        f"{len(prompts)} distinct prompts")
@@ -180,9 +208,10 @@ def train_online(accelerator, policy, method, prompts: list[tuple[Any, list[int]
 
     def step_loss(model, batch) -> LossOutput:
         part = batch["rollout"]
-        logps, values = forward_tokens(model, part.input_ids, part.attention_mask)
+        logps, values, entropies = forward_tokens(model, part.input_ids, part.attention_mask, entropy=True)
         out = method.loss(TokenLogps(logps * part.mask, part.mask, None if values is None else values * part.mask), part)
-        return LossOutput(out.loss, {**out.metrics, **part.metrics})
+        entropy = (entropies * part.mask).sum() / part.mask.sum().clamp(min=1)  # nats per completion token
+        return LossOutput(out.loss, {**out.metrics, **part.metrics, "policy/entropy": entropy})
 
     return train_loop(model, step_loss, stream, optimizer, scheduler, max_steps=cfg.max_steps,
                       max_grad_norm=cfg.max_grad_norm, log_steps=cfg.log_steps, accelerator=accelerator,

@@ -5,7 +5,9 @@ reduced over processes, checkpoints and resume); what is trained is a `step_loss
 For a policy (`train_policy`), per optimizer step: one concatenated forward over the batch's chosen +
 rejected (+ mismatched) rows -> per-sequence summed log-probs and token counts -> `method.loss(policy,
 reference)` -> backward. The reference log-probs were computed once before training and ride along in
-the batch; methods with `reference_free = True` never get them. Runs under `accelerate launch`.
+the batch; methods with `reference_free = True` never get them, and a reference ablation
+(`method.reference`: none, co_trained, ema) gets its own per batch (`reference_side`). Runs under
+`accelerate launch`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import math
 import shutil
 import time
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,7 +30,7 @@ from tqdm.auto import tqdm
 from .cache import write_json_atomic
 from .config import TrainConfig
 from .data import collate
-from .logps import LossOutput, policy_logps, reference_logps, summed_logps
+from .logps import LossOutput, SequenceLogps, policy_logps, reference_logps, summed_logps
 
 
 class ExampleDataset(torch.utils.data.Dataset):
@@ -153,6 +156,8 @@ def _save_checkpoint(accelerator, folder: Path, state: TrainState, extra_state=N
     target = folder / f"step-{state.step}"
     accelerator.save_state(str(target), safe_serialization=True)
     if accelerator.is_main_process:
+        if hasattr(extra_state, "save_to"):  # state too large for JSON (an EMA reference's weights)
+            extra_state.save_to(target)
         write_json_atomic(target / "trainer_state.json", asdict(state))  # last: it marks the checkpoint complete
         for old in folder.glob("step-*"):  # keep only the newest: a run resumes from its last checkpoint
             if old != target:
@@ -167,7 +172,7 @@ class OneProcess:
     lock first, so they must not join the launch's process group (and their result must not depend on it).
     """
 
-    is_main_process, num_processes, sync_gradients = True, 1, True
+    is_main_process, num_processes, process_index, sync_gradients = True, 1, 0, True
 
     def prepare(self, *objects):
         return objects
@@ -200,7 +205,8 @@ def _window_means(accelerator, window: list[dict]) -> dict[str, float]:
 
 def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_steps: int, max_grad_norm: float,
                log_steps: int, accelerator=None, checkpoints: Path | None = None, save_steps: int = 0,
-               resume: bool = False, log: Callable | None = None, desc: str = "train", extra_state=None) -> TrainState:
+               resume: bool = False, log: Callable | None = None, desc: str = "train", extra_state=None,
+               after_step: Callable | None = None) -> TrainState:
     """The one training loop (offline and online policies, embedded SFT, judge): `step_loss(model, batch) ->
     LossOutput` per micro-batch, backward, clip, optimizer and scheduler step; logs window means;
     checkpoints and resumes. Trains `model` in place for max_steps optimizer steps and returns the final
@@ -209,7 +215,8 @@ def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_
     `loader` is a DataLoader, or any iterable of batches; one that resumes itself (a stream of rollouts
     replays from its seed) has its own `skip_first_batches(n)`. A batch may carry counts of the work
     done producing it ("tokens_generated", "tokens_forwarded"). `extra_state` (state_dict/load_state_dict)
-    is saved with each checkpoint and restored on resume."""
+    is saved with each checkpoint and restored on resume. `after_step()` runs after each optimizer step
+    (an EMA reference follows the weights there)."""
     accelerator = accelerator or OneProcess()
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     state = TrainState()
@@ -219,6 +226,8 @@ def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_
         state = TrainState(**json.loads((latest / "trainer_state.json").read_text()))
         if extra_state is not None and state.extra is not None:
             extra_state.load_state_dict(state.extra)
+        if hasattr(extra_state, "load_from"):
+            extra_state.load_from(latest)
     skip = getattr(loader, "skip_first_batches", None) or partial(accelerator.skip_first_batches, loader)
 
     model.train()
@@ -249,6 +258,8 @@ def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
+                if after_step is not None and accelerator.sync_gradients:
+                    after_step()
             tokens = tokens.to(batch["attention_mask"].device) + batch["attention_mask"].sum()
             state.examples += batch["num_examples"] * accelerator.num_processes
             state.tokens_generated += batch.get("tokens_generated", 0)
@@ -299,22 +310,77 @@ def policy_optimizer(model, cfg: TrainConfig, num_processes: int):
     return optimizer, scheduler
 
 
+class EmaReference:
+    """A copy of the policy whose weights follow it as an exponential moving average, updated after each
+    optimizer step: ref <- decay * ref + (1 - decay) * policy (TR-DPO's soft update). It starts as the
+    policy before training (the SFT weights) and is saved with checkpoints, so a resumed run goes on with it."""
+
+    def __init__(self, model, decay: float):
+        import copy
+
+        self.policy, self.decay = model, decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for ema, weight in zip(self.model.parameters(), self.policy.parameters()):
+            ema.lerp_(weight.detach().to(ema.dtype), 1.0 - self.decay)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def save_to(self, checkpoint: Path) -> None:  # its weights beside the policy's, in safetensors
+        from safetensors.torch import save_model
+
+        save_model(self.model, str(checkpoint / "ema_reference.safetensors"))
+
+    def load_from(self, checkpoint: Path) -> None:
+        from safetensors.torch import load_model
+
+        load_model(self.model, str(checkpoint / "ema_reference.safetensors"))
+
+
+def reference_side(variant: str | None, batch, policy: SequenceLogps, ema: EmaReference | None,
+                   with_prompt: bool) -> SequenceLogps | None:
+    """What the loss is given as the reference for this batch (methods.REFERENCES): the precomputed SFT
+    log-probs the batch carries (frozen), zeros (none), the policy's own values detached (co_trained: a
+    reference that moves with the policy, so every log-ratio is 0 while its gradient is the policy's), or
+    the EMA copy's (ema). None for a reference-free method."""
+    if variant is None:
+        return None
+    if variant == "frozen":
+        return reference_logps(batch)
+    if variant == "ema":
+        with torch.no_grad():
+            return policy_logps(ema.model, batch, with_prompt=with_prompt)
+    like = torch.zeros_like if variant == "none" else torch.Tensor.detach
+    values = {f.name: getattr(policy, f.name) for f in dataclasses.fields(policy)}
+    return SequenceLogps(**{name: value if value is None or name.endswith("tokens") else like(value)
+                            for name, value in values.items()})
+
+
 def train_policy(accelerator, model, method, examples, reference, pad_token_id: int, cfg: TrainConfig,
                  output_dir: Path, log) -> TrainState:
     """An offline method's training: per micro-batch, one concatenated forward for the policy's per-sequence
-    log-probs, the precomputed reference log-probs from the batch, and `method.loss(policy, reference)`."""
-    loader = make_loader(examples, None if method.reference_free else reference, cfg.batch_size, pad_token_id,
+    log-probs, the reference side (`method.reference`: the precomputed log-probs from the batch, or an
+    ablation's), and `method.loss(policy, reference)`."""
+    variant = method.reference
+    loader = make_loader(examples, reference if variant == "frozen" else None, cfg.batch_size, pad_token_id,
                          shuffle=True, seed=cfg.seed, group_by_length=cfg.group_by_length)
     optimizer, scheduler = policy_optimizer(model, cfg, accelerator.num_processes)
+    ema = EmaReference(model, method.params.reference_ema) if variant == "ema" else None
 
     def step_loss(model, batch) -> LossOutput:
         if batch.get("reference_missing"):
             raise RuntimeError("a batch holds a row whose reference log-probs were not computed: "
                                "consumed_examples did not predict the rows this run draws")
         policy = policy_logps(model, batch, with_prompt=method.reads_prompt_logps)
-        return method.loss(policy, None if method.reference_free else reference_logps(batch))
+        return method.loss(policy, reference_side(variant, batch, policy, ema, method.reads_prompt_logps))
 
     return train_loop(model, step_loss, loader, optimizer, scheduler, max_steps=cfg.max_steps,
                       max_grad_norm=cfg.max_grad_norm, log_steps=cfg.log_steps, accelerator=accelerator,
                       checkpoints=output_dir / "checkpoints", save_steps=cfg.save_steps, resume=cfg.resume, log=log,
-                      desc=f"train {method.name}")
+                      desc=f"train {method.name}", extra_state=ema, after_step=None if ema is None else ema.update)

@@ -12,7 +12,8 @@ from typing import Any
 
 from harness.errors import BadInput
 
-from .base import ONLINE_METRICS, SHARED_METRICS, LossOutput, Method, Params, hyper, mean_over_processes, reward_metrics
+from .base import (ONLINE_METRICS, REFERENCES, SHARED_METRICS, LossOutput, Method, Params, ReferenceParams, hyper,
+                   mean_over_processes, reward_metrics)
 
 _REGISTRY: dict[str, type[Method]] = {}
 _discovered = False
@@ -48,5 +49,5 @@ def get(name: str, **params: Any) -> Method:
     return get_class(name)(**params)
 
 
-__all__ = ["Method", "Params", "LossOutput", "hyper", "mean_over_processes", "reward_metrics", "SHARED_METRICS", "ONLINE_METRICS",
+__all__ = ["Method", "Params", "ReferenceParams", "REFERENCES", "LossOutput", "hyper", "mean_over_processes", "reward_metrics", "SHARED_METRICS", "ONLINE_METRICS",
            "register", "available", "get", "get_class"]

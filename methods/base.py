@@ -26,6 +26,24 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# What the loss of a method with a reference model is given as the reference, per batch (exercise 18.3.2):
+#   frozen      the SFT model's log-probs, computed once before training (the method as published)
+#   none        zeros: the loss sees the policy's log-probs alone (DPO: log pi(y_w) - log pi(y_l))
+#   co_trained  the policy's own log-probs, detached, each step: the reference moves with the policy
+#   ema         an exponential moving average of the policy's weights (TR-DPO's soft update, Gorbatovski
+#               et al., 2024, arXiv:2404.09656): ref <- reference_ema * ref + (1 - reference_ema) * policy
+REFERENCES = ("frozen", "none", "co_trained", "ema")
+
+
+class ReferenceParams(Params):
+    """The parameters every method with a reference model declares besides its own: which reference."""
+
+    reference: Literal["frozen", "none", "co_trained", "ema"] = hyper(
+        "frozen", ["frozen"], "the loss's reference: frozen (SFT), none, co_trained or ema (methods.REFERENCES)")
+    reference_ema: float = hyper(0.99, [0.99], "ema reference: the share of its weights kept at each optimizer step",
+                                 ge=0, lt=1)
+
+
 class Method:
     name: ClassVar[str]
     # What the backend must provide (harness.logps: PAIRS, ROWS, MISMATCHED_ROWS, ROLLOUTS, VALUES), nothing more.
@@ -37,6 +55,9 @@ class Method:
     # (fixed preference data) or online (its own rollouts).
     paired: ClassVar[bool] = True
     kind: ClassVar[Literal["offline", "online"]] = "offline"
+    # Online only: True when the loss compares the samples of one prompt with each other (online DPO's
+    # pairs), so the loop's minibatches must hold whole groups of `samples_per_prompt` sequences.
+    whole_groups: ClassVar[bool] = False
     Params: ClassVar[type[Params]] = Params
     paper: ClassVar[str] = ""
 
@@ -61,13 +82,20 @@ class Method:
     def hyperparameters(cls) -> dict[str, dict[str, Any]]:
         """name -> default, sweep values, bounds and description (what `harness methods` prints)."""
         out = {}
-        for field_name, info in cls.Params.model_fields.items():
+        fields = cls.Params.model_fields
+        shared = [name for name in fields if name in ReferenceParams.model_fields]  # after the method's own
+        for field_name, info in ((name, fields[name]) for name in [*(n for n in fields if n not in shared), *shared]):
             name = info.serialization_alias or field_name
             bounds = {f.name: getattr(m, f.name) for m in info.metadata for f in dataclasses.fields(m)}
             extra = info.json_schema_extra or {}
             out[name] = {"default": info.default, "sweep": extra.get("sweep", []), "bounds": bounds,
                          "description": info.description or ""}
         return out
+
+    @property
+    def reference(self) -> str | None:
+        """Which reference the backend gives the loss (REFERENCES); None for a reference-free method."""
+        return None if self.reference_free else getattr(self.params, "reference", "frozen")
 
     def recorded_params(self) -> dict[str, Any]:
         """The hyperparameters as the run record and the config hash hold them (defaults included)."""

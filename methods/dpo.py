@@ -10,7 +10,7 @@ Matches TRL 1.16's DPOTrainer loss_type="sigmoid".
 
 import torch.nn.functional as F
 
-from methods import LossOutput, Method, Params, hyper, register, reward_metrics
+from methods import LossOutput, Method, ReferenceParams, hyper, register, reward_metrics
 
 
 @register
@@ -18,7 +18,7 @@ class DPO(Method):
     name = "dpo"
     paper = "arXiv:2305.18290"
 
-    class Params(Params):
+    class Params(ReferenceParams):  # a reference model: frozen by default, or an ablation
         beta: float = hyper(0.1, [0.01, 0.1, 0.3, 1.0], "strength of the KL pull towards the reference", gt=0)
         label_smoothing: float = hyper(0.0, [0.0, 0.1], "probability that a label is flipped (cDPO)", ge=0, lt=0.5)
 

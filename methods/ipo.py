@@ -12,7 +12,7 @@ default here (tau = 1.0, a 0.5 nat-per-token target) and the sweep range are set
 
 from pydantic import AliasChoices
 
-from methods import LossOutput, Method, Params, hyper, register, reward_metrics
+from methods import LossOutput, Method, ReferenceParams, hyper, register, reward_metrics
 
 
 @register
@@ -20,7 +20,7 @@ class IPO(Method):
     name = "ipo"
     paper = "arXiv:2310.12036"
 
-    class Params(Params):
+    class Params(ReferenceParams):  # a reference model: frozen by default, or an ablation
         tau: float = hyper(1.0, [0.25, 0.5, 1.0, 2.0], "regularisation; target margin = 1/(2 tau) nats per token "
                            "(TRL: beta)", gt=0, validation_alias=AliasChoices("tau", "beta"))
 

@@ -17,7 +17,7 @@ import torch
 
 from harness.errors import BadInput
 from harness.logps import MISMATCHED_ROWS, ROWS
-from methods import LossOutput, Method, Params, hyper, mean_over_processes, register, reward_metrics
+from methods import LossOutput, Method, ReferenceParams, hyper, mean_over_processes, register, reward_metrics
 
 EQ8_BAND = (1.0, 4.0 / 3.0)
 
@@ -28,7 +28,7 @@ class KTO(Method):
     consumes = frozenset({ROWS, MISMATCHED_ROWS})
     paper = "arXiv:2402.01306"
 
-    class Params(Params):
+    class Params(ReferenceParams):  # a reference model: frozen by default, or an ablation
         beta: float = hyper(0.1, [0.01, 0.1, 0.3, 1.0], "strength of the KL pull towards the reference", gt=0)
         desirable_weight: float = hyper(1.0, [1.0, 1.33], "w_D, weight of desirable rows", gt=0)
         undesirable_weight: float = hyper(1.0, [1.0], "w_U, weight of undesirable rows", gt=0)

@@ -1,6 +1,9 @@
 """PPO for RLHF: Proximal Policy Optimization (Schulman et al., 2017, arXiv:1707.06347) on a KL-shaped
 reward, as in Ziegler et al. (2019, arXiv:1909.08593) and Ouyang et al. (2022, arXiv:2203.02155), with
-the choices of "The N Implementation Details of RLHF with PPO" (Huang et al., 2024, arXiv:2403.17031).
+the choices of "The N Implementation Details of RLHF with PPO" (Huang et al., ICLR 2024 blog track,
+https://iclr-blogposts.github.io/2024/blog/the-n-implementation-details-of-rlhf-with-ppo/) and its sequel
+"The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR Summarization" (Huang et al.,
+2024, arXiv:2403.17031).
 
 Per completion token t of a rollout (policy pi, reference pi_sft = the SFT weights, score R from the
 reward model):
@@ -9,24 +12,34 @@ reward model):
     A_t     = sum_l (gamma * lam)^l delta_{t+l}             GAE (Schulman et al., 2016, arXiv:1506.02438)
     G_t     = A_t + V_t                                      the value target
     A_t    <- (A_t - mean A) / std A                         whitened over the batch's completion tokens
+                                                             (std with Bessel's correction, as TRL's masked_whiten)
     rho_t   = pi(y_t) / pi_old(y_t)
     L_pi    = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))
     L_V     = 1/2 mean_t max((V_t - G_t)^2, (V_old,t + clip(V_t - V_old,t, -eps_v, eps_v) - G_t)^2)
     loss    = L_pi + vf_coef * L_V
 beta is the KL coefficient of the objective E[R] - beta KL(pi || pi_sft), the same knob as DPO's beta (DPO
-solves that objective in closed form), so one beta sweep compares the two. With `target_kl` set, beta
-follows Ziegler et al.'s adaptive controller after each rollout batch of n samples with mean KL k:
+solves that objective in closed form), so one beta sweep compares the two; beta = 0 is PPO on the score
+alone. With `target_kl` set, beta follows Ziegler et al.'s adaptive controller after each rollout batch
+of n samples with mean KL k:
     beta <- beta * (1 + clip(k / target_kl - 1, -0.2, 0.2) * n / horizon)
+Its reach in a run is small unless the horizon is set for it: each update moves beta by at most a factor
+(1 +- 0.2 n / horizon), so a run of N samples in all moves it by at most about exp(+-0.2 N / horizon). The
+default run (150 steps of 16 sequences, 2 epochs per rollout batch of 32 prompts: a batch every 4 steps,
+37 updates that take effect, N = 1,184) with the default horizon 10,000 moves beta by at most 2.4%; for the controller to hold a
+target, use a horizon of the order of the run's N (Ziegler et al. used 10,000 with far longer runs).
 
 Critic: a value head (one linear layer, zero-initialised) on the policy's last hidden state, sharing the
 trunk, as TRL's PPOTrainer did up to version 0.11 (AutoModelForCausalLMWithValueHead) with vf_coef 0.1.
 Why: no second model in memory, so PPO costs what the direct methods cost; Ziegler et al. and the "N
 details" report use a separate critic initialised from the reward model, which decouples the value loss
-from the policy's features but doubles the memory. Departures: no reward whitening, no penalty for
-completions without EOS, and the value head starts at zero rather than from the reward model.
+from the policy's features but doubles the memory. Departures: no reward whitening, and the value head
+starts at zero rather than from the reward model. A completion without EOS is scored as unfinished, with
+online.missing_eos_penalty (the N details' -1) off by default. Checked end to end against a transcription
+of TRL 0.11's PPOTrainer (compute_rewards, compute_advantages, loss) in tests/test_online.py.
 """
 
 import torch
+from pydantic import model_validator
 
 from harness.logps import ROLLOUTS, VALUES
 from methods import LossOutput, Method, Params, hyper, mean_over_processes, register
@@ -54,8 +67,9 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    variance = masked_mean((x - mean) ** 2, mask)
+    """Zero mean, unit variance over the masked positions (the unbiased variance, as TRL's masked_whiten)."""
+    mean, count = masked_mean(x, mask), mask.sum()
+    variance = masked_mean((x - mean) ** 2, mask) * count / (count - 1).clamp(min=1)
     return (x - mean) * torch.rsqrt(variance + 1e-8) * mask
 
 
@@ -75,10 +89,12 @@ def adaptive_kl(beta: float, kl: float, target: float, n: int, horizon: float) -
 
 
 def clipped_policy_loss(logps, old_logps, advantages, mask, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_pi, share of tokens whose ratio was clipped)."""
+    """(L_pi, clip fraction): the share of tokens where the clipped term is the one taken, i.e. the clip is
+    active and the token gets no gradient (TRL's pg_clipfrac: a ratio past 1 + eps with a negative advantage
+    is not clipped, since the unclipped term is the larger loss there)."""
     ratio = torch.exp(logps - old_logps)
-    losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - eps, 1 + eps))
-    return masked_mean(losses, mask), masked_mean(((ratio - 1).abs() > eps).float(), mask)
+    unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - eps, 1 + eps)
+    return masked_mean(torch.max(unclipped, clipped), mask), masked_mean((clipped > unclipped).float(), mask)
 
 
 def clipped_value_loss(values, old_values, returns, mask, eps: float) -> torch.Tensor:
@@ -94,7 +110,7 @@ class PPO(Method):
 
     class Params(Params):
         beta: float = hyper(0.1, [0.01, 0.1, 0.3, 1.0], "KL coefficient of E[R] - beta KL (its start value "
-                            "when target_kl is set)", gt=0)
+                            "when target_kl is set; 0 = no KL term)", ge=0)
         target_kl: float | None = hyper(None, [], "adaptive KL controller's target (nats per sequence); None = fixed beta", gt=0)
         horizon: float = hyper(10000.0, [10000.0], "adaptive controller's horizon (samples)", gt=0)
         gamma: float = hyper(1.0, [1.0], "discount", ge=0, le=1)
@@ -103,6 +119,12 @@ class PPO(Method):
         cliprange_value: float = hyper(0.2, [0.2], "value clip eps_v", gt=0)
         vf_coef: float = hyper(0.1, [0.1], "weight of the value loss", ge=0)
         whiten_advantages: bool = hyper(True, [True], "whiten advantages over each rollout batch")
+
+        @model_validator(mode="after")
+        def _controller_needs_beta(self):
+            if self.target_kl is not None and self.beta == 0:
+                raise ValueError("target_kl needs beta > 0: the adaptive controller scales beta, and 0 stays 0")
+            return self
 
     def __init__(self, **params):
         super().__init__(**params)

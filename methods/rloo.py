@@ -55,6 +55,7 @@ class RLOO(Method):
         ratio = torch.exp(policy.summed() - rollout.logps.sum(-1))
         advantages = rollout.fields["advantages"]
         eps = self.params.cliprange
-        losses = torch.max(-advantages * ratio, -advantages * ratio.clamp(1 - eps, 1 + eps))
-        clipped = ((ratio - 1).abs() > eps).float().mean()
-        return LossOutput(losses.mean(), {"policy/clipfrac": clipped, "policy/ratio": ratio.detach().mean()})
+        unclipped, clipped = -advantages * ratio, -advantages * ratio.clamp(1 - eps, 1 + eps)
+        active = (clipped > unclipped).float().mean()  # clips that take effect, as TRL's clip_ratio counts them
+        return LossOutput(torch.max(unclipped, clipped).mean(), {"policy/clipfrac": active,
+                                                                 "policy/ratio": ratio.detach().mean()})

@@ -127,7 +127,8 @@ def test_simpo_gamma_spellings_agree():
 
 
 def test_ipo_accepts_trl_beta_as_tau():
-    assert methods.get("ipo", beta=0.5).recorded_params() == methods.get("ipo", tau=0.5).recorded_params() == {"tau": 0.5}
+    assert methods.get("ipo", beta=0.5).recorded_params() == methods.get("ipo", tau=0.5).recorded_params() == {
+        "tau": 0.5, "reference": "frozen", "reference_ema": 0.99}
 
 
 def test_the_repo_copy_is_the_shared_one():

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 import harness
 import methods
 from harness.config import load_config
+from harness.errors import BadInput
 from harness.logps import ROLLOUTS, TokenLogps
 from harness.online import Rollout
 from methods import ONLINE_METRICS, LossOutput, Method, register
@@ -51,7 +52,9 @@ def test_clipped_policy_loss_matches_hand_computed_values():
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]], dtype=torch.float64)  # the last position is padding
     loss, clipped = clipped_policy_loss(new, old, advantages, mask, eps=0.2)
     assert loss.item() == pytest.approx(0.5 / 3, abs=1e-12)
-    assert clipped.item() == pytest.approx(2 / 3)  # ratios 1.5 and 0.5 lie outside [0.8, 1.2]
+    # ratios 1.5 and 0.5 lie outside [0.8, 1.2], but only 1.5's clip takes effect (A > 0 and r > 1 + eps); at 0.5
+    # the unclipped term is the larger loss, so the token keeps its gradient: TRL counts 1 of 3
+    assert clipped.item() == pytest.approx(1 / 3)
 
 
 def test_clipped_value_loss_matches_hand_computed_values():
@@ -168,3 +171,183 @@ def test_methods_command_lists_the_online_methods():
         assert name in result.stdout and param in result.stdout
     assert methods.get_class("ppo").kind == methods.get_class("rloo").kind == "online"
     assert math.isclose(methods.get("ppo").params.beta, methods.get("dpo").params.beta)  # one beta knob
+
+
+# ------------------------------------------------------------------ PPO end to end against TRL 0.11's PPOTrainer
+
+
+def _trl_011_ppo(logprobs, ref_logprobs, values, scores, mask, new_logprobs, vpreds, kl_coef, gamma, lam,
+                 cliprange, cliprange_value, vf_coef):
+    """An independent transcription of TRL 0.11's PPOTrainer (trl/trainer/ppo_trainer.py: compute_rewards,
+    compute_advantages, loss; trl/core.py: masked_mean, masked_var, masked_whiten), on full-length tensors
+    whose `mask` marks the response tokens, as its batched_forward_pass leaves them."""
+    def masked_mean(x, m):
+        return (x * m).sum() / m.sum()
+
+    def masked_whiten(x, m):
+        mean = masked_mean(x, m)
+        var = masked_mean((x - mean) ** 2, m) * m.sum() / (m.sum() - 1)  # masked_var(unbiased=True)
+        return (x - mean) * torch.rsqrt(var + 1e-8)
+
+    rewards = []
+    for score, logprob, ref_logprob, m in zip(scores, logprobs, ref_logprobs, mask):  # compute_rewards
+        reward = -kl_coef * (logprob - ref_logprob)  # kl_penalty "kl"
+        reward[m.nonzero()[-1]] += score
+        rewards.append(reward)
+    rewards = torch.stack(rewards)
+    values, rewards = values * mask, rewards * mask  # compute_advantages
+    lastgaelam, reversed_advantages, length = 0, [], rewards.shape[-1]
+    for t in reversed(range(length)):
+        nextvalues = values[:, t + 1] if t < length - 1 else 0.0
+        delta = rewards[:, t] + gamma * nextvalues - values[:, t]
+        lastgaelam = delta + gamma * lam * lastgaelam
+        reversed_advantages.append(lastgaelam)
+    advantages = torch.stack(reversed_advantages[::-1]).transpose(0, 1)
+    returns = advantages + values
+    advantages = masked_whiten(advantages, mask)
+    vpredclipped = torch.max(torch.min(vpreds, values + cliprange_value), values - cliprange_value)  # loss
+    vf_loss = 0.5 * masked_mean(torch.max((vpreds - returns) ** 2, (vpredclipped - returns) ** 2), mask)
+    ratio = torch.exp(new_logprobs - logprobs)
+    pg_losses, pg_losses2 = -advantages * ratio, -advantages * torch.clamp(ratio, 1.0 - cliprange, 1.0 + cliprange)
+    pg_loss = masked_mean(torch.max(pg_losses, pg_losses2), mask)
+    pg_clipfrac = masked_mean(torch.gt(pg_losses2, pg_losses).double(), mask)
+    return advantages, returns, pg_loss + vf_coef * vf_loss, pg_clipfrac
+
+
+def _random_rollout(seed: int = 0, n: int = 6, length: int = 9):
+    """Rows of prompt tokens, a response of 1-6 tokens, right padding; random log-probs, values and scores."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(n, length, dtype=torch.float64)
+    for row in range(n):
+        start = int(torch.randint(0, 3, (1,), generator=g))
+        mask[row, start:start + int(torch.randint(1, 7, (1,), generator=g))] = 1
+    draw = lambda scale=1.0: torch.randn(n, length, generator=g, dtype=torch.float64) * scale  # noqa: E731
+    old = -draw().abs() - 0.5
+    return {"mask": mask, "old": old, "ref": old + draw(0.3), "values": draw(), "scores": torch.randn(n, generator=g, dtype=torch.float64) * 2,
+            "new": old + draw(0.3), "vpreds": draw()}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ppo_advantages_and_loss_match_a_transcription_of_trl_011(seed):
+    """Rewards (KL shaping and the score on the last token), GAE, whitening, the clipped policy and value losses
+    and the clip fraction: a wrong KL sign, dropped whitening or a wrong clip count makes this fail."""
+    x = _random_rollout(seed)
+    p = dict(beta=0.2, gamma=0.99, lam=0.9, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1)
+    method = methods.get("ppo", **p)
+    mask = x["mask"]
+    n, t = mask.shape
+    rollout = Rollout(torch.zeros(n, t + 1, dtype=torch.long), torch.ones(n, t + 1, dtype=torch.long), mask,
+                      torch.arange(n), x["scores"], x["old"] * mask, x["ref"] * mask, x["values"] * mask)
+    rollout.fields, _ = method.advantages(rollout)
+    out = method.loss(TokenLogps(x["new"] * mask, mask, x["vpreds"] * mask), rollout)
+    advantages, returns, loss, clipfrac = _trl_011_ppo(
+        x["old"], x["ref"], x["values"], x["scores"], mask, x["new"], x["vpreds"], p["beta"], p["gamma"], p["lam"],
+        p["cliprange"], p["cliprange_value"], p["vf_coef"])
+    on = mask > 0
+    assert torch.allclose(rollout.fields["advantages"][on], advantages[on], atol=1e-12)
+    assert torch.allclose(rollout.fields["returns"][on], returns[on], atol=1e-12)
+    assert out.loss.item() == pytest.approx(loss.item(), abs=1e-12)
+    assert float(out.metrics["policy/clipfrac"]) == pytest.approx(clipfrac.item(), abs=1e-12)
+    assert 0 < clipfrac.item() < 1  # the inputs exercise the clip
+
+
+def test_ppo_accepts_beta_zero_and_refuses_a_controller_that_cannot_move():
+    assert methods.get("ppo", beta=0.0).params.beta == 0.0
+    with pytest.raises(BadInput, match="target_kl needs beta > 0"):
+        methods.get("ppo", beta=0.0, target_kl=6.0)
+
+
+# ------------------------------------------------------------------ every online method learns a toy reward
+
+
+TOKEN, EOS, PAD = 5, 1, 0
+
+
+def _toy_policy(seed: int = 0):
+    """A one-layer GPT-2 over 12 tokens (about 9k parameters): fast enough to train online in seconds."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=12, n_positions=16, n_embd=32, n_layer=1, n_head=2, bos_token_id=EOS,
+                        eos_token_id=EOS, pad_token_id=PAD, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(config)
+
+
+def _toy_reward(prompts, completions, ended):
+    """Share of the completion's 6 slots holding token 5: about 1/12 for the untrained policy, 1 at best."""
+    return [sum(token == TOKEN for token in c) / 6 for c in completions]
+
+
+ONLINE_LEARNERS = {"ppo": {"beta": 0.01}, "rloo": {"beta": 0.01, "k": 4}, "grpo": {"beta": 0.01, "k": 4},
+                   "online_dpo": {"beta": 0.1}}
+
+
+@pytest.mark.parametrize("name", sorted(ONLINE_LEARNERS))
+def test_every_online_method_learns_a_toy_reward_through_the_backend_loop(tmp_path, name):
+    """The backend's own online loop (train_online: sampling, scoring, reference log-probs, the method's
+    advantages and loss, the optimizer) on a toy policy and reward: the mean score over the last 10 steps
+    beats the first rollout batch's by at least 0.3 (of a 0-1 scale; the untrained policy scores ~0.08)."""
+    import copy
+
+    from harness.config import OnlineConfig, TrainConfig
+    from harness.online import train_online
+    from harness.reference import Reference
+    from harness.trainer import OneProcess
+
+    policy = _toy_policy()
+    reference = Reference(copy.deepcopy(policy).eval(), "toy-sft")
+    tokenizer = type("Toy", (), {"pad_token_id": PAD, "eos_token_id": EOS})()
+    prompts = [(f"p{i}", [2 + i % 3, 3 + i % 2]) for i in range(16)]
+    method = methods.get(name, **ONLINE_LEARNERS[name])
+    cfg = TrainConfig(learning_rate=3e-3, max_steps=48, batch_size=16, warmup_ratio=0.0, lr_scheduler="constant",
+                      save_steps=0, log_steps=1, resume=False)
+    online = OnlineConfig(prompts_per_rollout=8 if method.samples_per_prompt > 1 else 16, epochs=2, max_new_tokens=6)
+    logged = []
+    train_online(OneProcess(), policy, method, prompts, _toy_reward, reference, tokenizer, cfg, online, tmp_path,
+                 lambda step, means: logged.append(means))
+    scores = [row["rollout/score"] for row in logged]  # each step logs the score of the batch it trains on
+    first, last = scores[0], sum(scores[-10:]) / 10
+    print(f"{name}: mean score {first:.3f} -> {last:.3f}")
+    assert last - first >= 0.3, f"{name}: score {first:.3f} -> {last:.3f}"
+    assert "policy/entropy" in logged[0] and logged[-1]["policy/entropy"] < logged[0]["policy/entropy"]
+
+
+# ------------------------------------------------------------------ what the reward model is shown
+
+
+def test_the_reward_model_scores_the_prompt_the_policy_saw_and_the_completion_as_sampled(tmp_path, embedded, cache_dir):
+    """A 1,000-word prompt: the policy keeps its last data.max_prompt_length tokens, the reward model is shown
+    the text of exactly those, and a long text loses its prompt's beginning, never the response (right
+    truncation at 1,024 tokens gave a good and a bad response the same score). A completion cut at
+    max_new_tokens is scored without the EOS a finished one ends with."""
+    from app.context import RunContext
+    from evals.judge import RewardModelJudge, embedded_judge
+
+    long_prompt = " ".join(["the pizza is nice ."] * 250) + " review the pizza taste :"
+    rows = [{"prompt": long_prompt, "chosen": "the pizza taste is great .", "rejected": "the pizza taste is awful ."},
+            {"prompt": "review the soup price :", "chosen": "the soup price is fair .", "rejected": "soup soup soup"}]
+    data = tmp_path / "long.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    ctx = RunContext.build(load_config(None, [f"data.source={data}", f"model.path={embedded.sft_path}", "method.name=ppo",
+                                              "eval.num_prompts=0", "data.max_prompt_length=12", f"cache_dir={cache_dir}"]))
+    (shown_long, ids_long), (shown_short, _) = ctx.training_prompts()
+    assert len(ids_long) == 12 and shown_long == ctx.tokenizer.decode(ids_long, skip_special_tokens=True)
+    assert shown_long.endswith("review the pizza taste :") and len(shown_long.split()) < 15
+    assert shown_short == "review the soup price :"  # an untruncated prompt is passed as it is
+
+    # max_length 40 stands in for a real reward model's 1,024 (this one has seen only short texts)
+    judge = RewardModelJudge(embedded_judge(embedded, cache_dir)[0], device="cpu", max_length=40)
+    responses = ["the pizza taste is great and superb .", "pizza pizza pizza pizza"]
+    good, bad = judge.score([long_prompt] * 2, responses)
+    assert len(judge.tokenizer(judge.text(long_prompt, "x"))["input_ids"]) > judge.max_length
+    assert good > bad + 0.3, (good, bad)  # the response survives truncation, so the two are told apart
+    assert [good, bad] == pytest.approx(judge.score([" ".join(long_prompt.split()[-40:])] * 2, responses), abs=1e-5)
+    judge.tokenizer.truncation_side = "right"  # what it did before: both texts cut to the same prompt words
+    assert len(set(judge.score([long_prompt] * 2, responses))) == 1
+    judge.tokenizer.truncation_side = "left"
+    eos = judge.tokenizer.eos_token
+    assert judge.text("p", "r").endswith(eos) and not judge.text("p", "r", finished=False).endswith(eos)
+    finished, cut = judge.score(["review the pizza taste :"] * 2, ["the pizza taste is great"] * 2, [True, False])
+    assert finished != cut
+    with pytest.raises(BadInput, match="does not fit its max_length"):
+        judge.score(["p"], [" ".join(["great"] * 1100)])

@@ -59,13 +59,15 @@ def test_shipped_specs_expand():
     from sweeps.spec import expand, load_spec
 
     sizes = {name: len(expand(*load_spec(name))) for name in ("quickstart", "beta_sensitivity", "method_comparison",
-                                                               "frontier", "ultrafeedback_qwen", "beta_sensitivity_1b")}
+                                                               "frontier", "ultrafeedback_qwen", "beta_sensitivity_1b",
+                                                               "reference_ablation")}
     # beta_sensitivity: 4 betas x 3 learning rates x 3 seeds; method_comparison's selection stage: 5 methods x the
     # same 9 configurations each x 2 selection seeds (extension rounds and the fresh-seed test stage come after)
-    assert sizes["beta_sensitivity"] == 36 and sizes["method_comparison"] == 90 and sizes["frontier"] == 24
+    assert sizes["beta_sensitivity"] == 36 and sizes["method_comparison"] == 90 and sizes["frontier"] == 48
+    assert sizes["reference_ablation"] == 12  # 4 reference variants x 3 seeds
     assert sizes["beta_sensitivity_1b"] == 12 and sizes["ultrafeedback_qwen"] == 20
     quickstart = {t["config"]["method"]["name"] for t in expand(*load_spec("quickstart"))}
-    assert {"dpo", "ipo", "kto", "orpo", "simpo", "ppo", "rloo"} <= quickstart
+    assert {"dpo", "ipo", "kto", "orpo", "simpo", "ppo", "rloo", "grpo", "online_dpo"} <= quickstart
     assert run_cli("sweep", "no_such_spec").returncode == 2
 
 

@@ -35,8 +35,9 @@ def test_first_step_loss_is_ln2_and_record_is_complete(tmp_path, embedded):
     assert m["heldout_pref_gain"] == pytest.approx(m["heldout_pref_accuracy"] - 0.5)
     assert len(stored.outcomes["test"]["judge"]) == len(stored.outcomes["test"]["gold"]) == 16
     assert sum(stored.outcomes["test"]["judge"]) / 16 == pytest.approx(m["win_rate"])
-    assert stored.method == "dpo" and stored.method_params == {"beta": 0.1, "label_smoothing": 0.0}
-    assert stored.config["method"] == {"name": "dpo", "beta": 0.1, "label_smoothing": 0.0}
+    params = {"beta": 0.1, "label_smoothing": 0.0, "reference": "frozen", "reference_ema": 0.99}
+    assert stored.method == "dpo" and stored.method_params == params and stored.method_facts["reference"] == "frozen"
+    assert stored.config["method"] == {"name": "dpo", **params}
     assert stored.dataset["train_examples"] == 1000 and stored.dataset["eval_prompts"] == 16
     assert {"prompts_truncated", "completions_truncated", "dropped_empty_completion"} <= set(stored.dataset)
     assert stored.versions["torch"] and stored.versions["transformers"] and stored.hardware["cpu_count"]

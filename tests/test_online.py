@@ -351,3 +351,20 @@ def test_the_reward_model_scores_the_prompt_the_policy_saw_and_the_completion_as
     assert finished != cut
     with pytest.raises(BadInput, match="does not fit its max_length"):
         judge.score(["p"], [" ".join(["great"] * 1100)])
+
+
+def test_every_eos_id_of_the_generation_config_stops_and_cuts_a_sample():
+    """A chat model often ends a turn with a second EOS (e.g. <|eot_id|>): sampling stops at either, and the
+    loop counts a completion ending in either as finished."""
+    from harness.generation import eos_token_ids, finished, sample
+
+    policy = _toy_policy()
+    policy.generation_config.eos_token_id = [EOS, 7]
+    tokenizer = type("Toy", (), {"pad_token_id": PAD, "eos_token_id": EOS})()
+    assert eos_token_ids(policy, tokenizer) == [EOS, 7]
+    completions = sample(policy, tokenizer, [[2, 3]] * 64, max_new_tokens=12, seed=0)
+    ended_at_7 = [c for c in completions if 7 in c]
+    assert ended_at_7 and all(c.index(7) == len(c) - 1 and EOS not in c[:-1] for c in ended_at_7)
+    assert all(finished(c, [EOS, 7]) == (c[-1] in (EOS, 7)) for c in completions)
+    assert any(not finished(c, [EOS, 7]) and len(c) == 12 for c in completions)  # some ran to max_new_tokens
+    assert policy.generation_config.eos_token_id == [EOS, 7]  # the model's own config is left as it was

@@ -19,7 +19,7 @@ SHIPPED = sorted(p.parent.name for p in RESULTS.glob("*/report.md"))
 
 
 def test_every_shipped_spec_has_its_report():
-    assert {"quickstart", "beta_sensitivity", "method_comparison", "frontier"} <= set(SHIPPED)
+    assert {"quickstart", "beta_sensitivity", "method_comparison", "frontier", "reference_ablation"} <= set(SHIPPED)
 
 
 @pytest.mark.parametrize("name", SHIPPED)
@@ -149,3 +149,30 @@ def test_judge_gold_figure_marks_the_rows_the_table_flags_and_the_frontier_clips
     means = done.groupby("configuration")["gold_reward"].mean()
     clipped, kept = means[frontier["clipped"]], means.drop(frontier["clipped"])
     assert len(clipped) and clipped.max() < kept.min() and clipped.max() < done["gold_reward_sft"].mean()
+
+
+def test_the_reference_ablation_section_shows_each_variants_own_runs():
+    """results/reference_ablation's report section, from its data: one curve per reference variant, the mean
+    over exactly that variant's runs of their logged log-probs, and table cells that are the board's."""
+    import numpy as np
+
+    from evals.report import build_report
+    from evals.store import load_records
+    from evals.summary import training_history
+
+    folder = RESULTS / "reference_ablation"
+    blocks, _, board, _ = build_report([folder])
+    start = blocks.index(("h2", "Reference ablation (exercise 18.3.2)"))
+    table = next(b[1] for b in blocks[start:] if b[0] == "table")
+    figure = next(b[1] for b in blocks[start:] if b[0] == "figure")
+    done = load_records(folder).query("status == 'completed'")
+    variants = done["method_params"].map(lambda p: p["reference"])
+    assert set(figure.data["variants"]) == set(variants) == {"frozen", "none", "co_trained", "ema"}
+    for name, plotted in figure.data["variants"].items():
+        histories = [training_history(run) for _, run in done[variants == name].iterrows()]
+        assert len(histories) == 3  # the variant's 3 seeds, no other run
+        for key in ("chosen", "rejected"):
+            expected = np.mean([[step[f"logps/{key}"] for step in h] for h in histories], axis=0)
+            assert plotted[key] == pytest.approx(expected.tolist(), abs=1e-9)
+    kl = {variants[done["configuration"] == r["configuration"]].iloc[0]: r["kl_to_sft"] for _, r in board.iterrows()}
+    assert {row["reference"]: float(row["KL to SFT"]) for row in table} == pytest.approx(kl, abs=0.051)

@@ -26,7 +26,7 @@ from .rows import prompt_clusters, test_runs
 from .collapse import THRESHOLDS_TEXT, collapse_reasons
 from .leaderboard import display_rows, leaderboard, legend, stability_rows, table_columns, to_markdown, unequal_data
 from .selection import fragile_verdicts, kl_stability, select_best, stored_selection, stored_spec
-from .store import display_path, load_records
+from .store import REFERENCE_PARAMS, display_path, load_records
 from .summary import compact_rows, example_rows, short_label, task_card, training_history, verdict
 
 FIGURE_DIR = "report_files"
@@ -87,9 +87,10 @@ def _kl_axis(ax, values, axis: str = "x") -> None:
 
 
 def _strength(method_params: dict) -> tuple[str, float] | None:
-    """The method's first declared hyperparameter (its KL-strength knob: beta, tau, lambda) and its value."""
+    """The method's first declared hyperparameter (its KL-strength knob: beta, tau, lambda) and its value; the
+    reference option every method with a reference shares (listed first in its records) is not one."""
     for key, value in method_params.items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key not in REFERENCE_PARAMS:
             return key, float(value)
     return None
 
@@ -441,7 +442,8 @@ padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{margin-top:1.6em
 .scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.8em}td,th{border:1px solid #ccc;padding:3px 6px;
 white-space:nowrap;text-align:left}th{background:#f3f3f3;position:sticky;top:0}figure{margin:1.2em 0}
 table.compact td:first-child,table.compact th:first-child{position:sticky;left:0;background:#fff;z-index:1}
-table.compact th:first-child{background:#f3f3f3;z-index:2}table.examples td{white-space:normal;min-width:6em;
+table.compact th:first-child{background:#f3f3f3;z-index:2}table.compact td:last-child{white-space:normal;
+min-width:9em}table.examples td{white-space:normal;min-width:6em;
 max-width:26em}.verdict{font-size:1.05em;background:#f6f8fa;border-left:4px solid #2a6;padding:.6em 1em}
 details{margin:.8em 0}summary{cursor:pointer;font-weight:600}
 .img{overflow-x:auto}.img img{max-width:100%;height:auto;border:1px solid #eee}

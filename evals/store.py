@@ -30,7 +30,7 @@ SCHEMA_VERSIONS = (1, 2, 3, 4)
 # Fields every version has, that the leaderboard and the report read (the rest may be absent in old records).
 REQUIRED = ("trial_id", "status", "method", "method_params", "seed", "config", "config_hash", "metrics", "output_dir")
 IGNORED_PARAMS = ("gamma_beta_ratio",)  # derived from other parameters, shown once
-REFERENCE_PARAMS = ("reference", "reference_ema")  # methods.ReferenceParams: shown last, and only when not frozen
+REFERENCE_PARAMS = ("reference", "reference_ema")  # methods.ReferenceParams: shown last
 assert RECORD_SCHEMA_VERSION in SCHEMA_VERSIONS
 
 
@@ -74,11 +74,9 @@ def display_path(folder: str | Path) -> str:
 
 
 def params_label(record: dict) -> str:
-    """The method's own parameters, then its reference variant (methods.REFERENCES) where it departs from the
-    published method's frozen SFT reference, with the EMA decay only for an EMA reference."""
+    """The method's own parameters, then its reference variant (methods.REFERENCES), with the EMA decay only
+    for an EMA reference (the decay of a reference that is not one would read as a setting that matters)."""
     params = dict(record["method_params"])
-    if params.get("reference") == "frozen":
-        params.pop("reference")
     if params.get("reference") != "ema":
         params.pop("reference_ema", None)
     order = [k for k in params if k not in REFERENCE_PARAMS] + [k for k in REFERENCE_PARAMS if k in params]

@@ -175,4 +175,4 @@ def test_the_reference_ablation_section_shows_each_variants_own_runs():
             expected = np.mean([[step[f"logps/{key}"] for step in h] for h in histories], axis=0)
             assert plotted[key] == pytest.approx(expected.tolist(), abs=1e-9)
     kl = {variants[done["configuration"] == r["configuration"]].iloc[0]: r["kl_to_sft"] for _, r in board.iterrows()}
-    assert {row["reference"]: float(row["KL to SFT"]) for row in table} == pytest.approx(kl, abs=0.051)
+    assert {row["reference"]: float(row["KL"]) for row in table} == pytest.approx(kl, abs=0.051)

@@ -236,7 +236,8 @@ def training_curves_figure(done: pd.DataFrame, board: pd.DataFrame, colors: dict
         if found:
             kind = "online" if run["config"].get("online") else "offline"  # offline runs record online: None
             key = f"{row['group']}: {row['method']}" if isinstance(row.get("group"), str) and row.get("group") else row["method"]
-            panels.setdefault(key, []).append((short_label(row, done), found, CURVES[kind], row, run["method_params"]))
+            logged = tuple(m for m in CURVES[kind] if any(m in step for steps in found for step in steps))  # no empty panel
+            panels.setdefault(key, []).append((short_label(row, done), found, logged, row, run["method_params"]))
     if not panels:
         return None
     ncols = max(len(entries[0][2]) for entries in panels.values())
@@ -268,8 +269,10 @@ def training_curves_figure(done: pd.DataFrame, board: pd.DataFrame, colors: dict
                   "parameter (dark: smallest, light: largest; the legend names each). Offline methods: loss, reward "
                   "margin, and the log-probabilities of the chosen and rejected training responses (nats per "
                   "response; a chosen log-prob that falls far below its start is a policy leaving the SFT "
-                  "distribution); online methods: loss, the reward model's score of the rollouts and their KL to the "
-                  "reference. Offline methods log no KL during training (it needs samples); their KL is in the table.",
+                  "distribution; records from before the backend logged them for every offline method hold them for "
+                  "DPO only, and a panel no run logged is left out); online methods: loss, the reward model's score "
+                  "of the rollouts and their KL to the reference. Offline methods log no KL during training (it needs "
+                  "samples); their KL is in the table.",
                   _png(fig), {"runs": plotted})
 
 
@@ -442,8 +445,8 @@ padding:0 1em;color:#222;line-height:1.45}h1{font-size:1.6em}h2{margin-top:1.6em
 .scroll{overflow-x:auto}table{border-collapse:collapse;font-size:.8em}td,th{border:1px solid #ccc;padding:3px 6px;
 white-space:nowrap;text-align:left}th{background:#f3f3f3;position:sticky;top:0}figure{margin:1.2em 0}
 table.compact td:first-child,table.compact th:first-child{position:sticky;left:0;background:#fff;z-index:1}
-table.compact th:first-child{background:#f3f3f3;z-index:2}table.compact td:last-child{white-space:normal;
-min-width:9em}table.examples td{white-space:normal;min-width:6em;
+table.compact th:first-child{background:#f3f3f3;z-index:2}table.compact td:last-child,
+table.compact td:nth-child(2){white-space:normal;min-width:7em}table.examples td{white-space:normal;min-width:6em;
 max-width:26em}.verdict{font-size:1.05em;background:#f6f8fa;border-left:4px solid #2a6;padding:.6em 1em}
 details{margin:.8em 0}summary{cursor:pointer;font-weight:600}
 .img{overflow-x:auto}.img img{max-width:100%;height:auto;border:1px solid #eee}

@@ -378,7 +378,11 @@ def train_policy(accelerator, model, method, examples, reference, pad_token_id: 
             raise RuntimeError("a batch holds a row whose reference log-probs were not computed: "
                                "consumed_examples did not predict the rows this run draws")
         policy = policy_logps(model, batch, with_prompt=method.reads_prompt_logps)
-        return method.loss(policy, reference_side(variant, batch, policy, ema, method.reads_prompt_logps))
+        out = method.loss(policy, reference_side(variant, batch, policy, ema, method.reads_prompt_logps))
+        # Every offline method's curves show where its policy takes the training responses (a chosen log-prob
+        # falling far below its start is a policy leaving the SFT distribution), whatever its loss logs.
+        return LossOutput(out.loss, {"logps/chosen": policy.chosen.detach().mean(),
+                                     "logps/rejected": policy.rejected.detach().mean(), **out.metrics})
 
     return train_loop(model, step_loss, loader, optimizer, scheduler, max_steps=cfg.max_steps,
                       max_grad_norm=cfg.max_grad_norm, log_steps=cfg.log_steps, accelerator=accelerator,

@@ -28,7 +28,4 @@ class DPO(Method):
         rejected_rewards = beta * (policy.rejected - reference.rejected)
         logits = chosen_rewards - rejected_rewards
         losses = -(1 - eps) * F.logsigmoid(logits) - eps * F.logsigmoid(-logits)
-        metrics = reward_metrics(chosen_rewards, rejected_rewards)
-        metrics["logps/chosen"] = policy.chosen.detach().mean()
-        metrics["logps/rejected"] = policy.rejected.detach().mean()
-        return LossOutput(losses.mean(), metrics)
+        return LossOutput(losses.mean(), reward_metrics(chosen_rewards, rejected_rewards))

@@ -49,7 +49,8 @@ class KTO(Method):
 
     def loss(self, policy, reference):
         beta = self.params.beta
-        z_ref = mean_over_processes(policy.kl - reference.kl).clamp(min=0).detach()
+        mismatched = mean_over_processes(policy.kl - reference.kl).detach()  # over every process's rows
+        z_ref = mismatched.clamp(min=0)
         chosen_ratio = policy.chosen - reference.chosen
         rejected_ratio = policy.rejected - reference.rejected
         chosen_losses = self.params.desirable_weight * (1 - torch.sigmoid(beta * (chosen_ratio - z_ref)))
@@ -57,4 +58,5 @@ class KTO(Method):
         loss = torch.cat([chosen_losses, rejected_losses]).mean()
         metrics = reward_metrics(beta * chosen_ratio, beta * rejected_ratio, paired=False)
         metrics["kl"] = z_ref
+        metrics["kl_unclamped"] = mismatched  # z_ref before its clamp at 0: what a gathered mean changes first
         return LossOutput(loss, metrics)

@@ -76,20 +76,70 @@ def test_two_processes_match_one_with_the_same_micro_batches(tmp_path, embedded)
 
 
 def test_kto_reference_point_is_gathered_over_processes(tmp_path, embedded):
-    """KTO, 2 processes x 4 rows against 1 process x 8 rows: z_ref is the mean over all 8 mismatched rows
-    in both, so the logged z_ref ("kl") and the loss agree (each process holds 4 rows, so the mean of the
-    two per-process losses is the mean over 8). A per-process z_ref would differ from step one."""
-    # On the embedded task KTO's policy lowers the mismatched completions' log-probs, so z_ref stays at its
-    # clamp (0) and could not tell a gathered mean from a per-process one. Down-weighting the undesirable rows
-    # (outside the Eq. 8 band: a warning) at lr 1e-3 raises them: z_ref is 0.01-0.18 from step 3 (measured).
+    """KTO, 2 processes x 4 rows against 1 process x 8 rows through the backend: the logged mean mismatched
+    log-ratio (z_ref before its clamp at 0), z_ref and the loss agree (each process holds 4 rows, so the mean
+    of the two per-process losses is the mean over 8). Whether z_ref leaves its clamp here depends on the SFT
+    model (one machine's did at lr 1e-3 with the undesirable rows down-weighted, another's stays at 0 for 12
+    steps), so the gather itself is checked on fixed log-probs below."""
     kto = {"method.name": "kto", "method.undesirable_weight": 0.05, "train.learning_rate": 1e-3}
     two = _launch_two(tmp_path / "two", **kto, **{"train.batch_size": 4})
     one = _one(tmp_path / "one", **kto, **{"train.batch_size": 8})
     assert two["metrics"]["global_batch_size"] == one["metrics"]["global_batch_size"] == 8
     a, b = _history(tmp_path / "two"), _history(tmp_path / "one")
-    assert any(row["kl"] > 0 for row in b[1:])  # z_ref leaves its clamp at 0 once the policy moves
+    # step 1 trains at the warmup's learning rate 0, so step 2 still sees the SFT weights; from step 3 it moved
+    assert all(abs(row["kl_unclamped"]) > 0.1 for row in b[2:]), [row["kl_unclamped"] for row in b]
     for x, y in zip(a, b):
-        # z_ref is a small mean (~0.01) of differences of summed log-probs (~50 nats, float32 ulp ~4e-6):
-        # cancellation leaves ~1e-6 of absolute noise; a per-process z_ref is off by the rows' spread (~1e-2).
+        # a mean of differences of summed log-probs (~50 nats, float32 ulp ~4e-6): cancellation leaves ~1e-6 of
+        # absolute noise; a per-process mean is off by the rows' spread (~1e-2).
+        assert x["kl_unclamped"] == pytest.approx(y["kl_unclamped"], abs=2e-5), x["step"]
         assert x["kl"] == pytest.approx(y["kl"], abs=2e-5), x["step"]
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-6), x["step"]
+
+
+GATHER_PROBE = """
+import json, sys, torch
+from accelerate import Accelerator
+import methods
+from harness import SequenceLogps
+rank = Accelerator(cpu=True).process_index  # as the pipeline starts it: gloo across the 2 processes
+g = torch.Generator().manual_seed(0)
+chosen, rejected, kl = (torch.randn(8, generator=g, dtype=torch.float64) for _ in range(3))
+rows = slice(4 * rank, 4 * rank + 4)  # this process's 4 rows of 8: 2 desirable, 2 undesirable, 4 mismatched
+zero = torch.zeros(2, dtype=torch.float64)
+policy = SequenceLogps(chosen[rows][:2], rejected[rows][:2], zero, zero, kl=kl[rows] + 1.0)  # z_ref > 0
+reference = SequenceLogps(zero, zero, zero, zero, kl=torch.zeros(4, dtype=torch.float64))
+out = methods.get("kto", beta=0.5).loss(policy, reference)
+json.dump({"loss": out.loss.item(), "kl": float(out.metrics["kl"])}, open(sys.argv[1] + f"/{rank}.json", "w"))
+"""
+
+
+def test_kto_z_ref_is_the_mean_over_every_processs_rows(tmp_path):
+    """KTO's loss on fixed log-probs with z_ref > 0, in 2 processes of 4 rows each: each process's z_ref is
+    the mean over all 8 mismatched rows (as TRL gathers it), so its loss is the one a single process computes
+    with that z_ref for its rows, not the one with its own 4 rows' mean."""
+    import torch
+
+    from harness import SequenceLogps
+
+    script = tmp_path / "probe.py"
+    script.write_text(GATHER_PROBE)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               str(script), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    g = torch.Generator().manual_seed(0)
+    chosen, rejected, kl = (torch.randn(8, generator=g, dtype=torch.float64) for _ in range(3))
+    beta, z_all = 0.5, float((kl + 1.0).mean().clamp(min=0))
+
+    def loss_with(z: float, rank: int) -> float:  # KTO's formula for one process's rows and a given z_ref
+        rows = slice(4 * rank, 4 * rank + 4)
+        return float(torch.cat([1 - torch.sigmoid(beta * (chosen[rows][:2] - z)),
+                                1 - torch.sigmoid(beta * (z - rejected[rows][:2]))]).mean())
+
+    for rank in (0, 1):
+        got = json.loads((tmp_path / f"{rank}.json").read_text())
+        own = float((kl[4 * rank: 4 * rank + 4] + 1.0).mean().clamp(min=0))
+        assert got["kl"] == pytest.approx(z_all, abs=1e-12)
+        assert got["loss"] == pytest.approx(loss_with(z_all, rank), abs=1e-12)
+        assert abs(loss_with(own, rank) - loss_with(z_all, rank)) > 1e-3  # a per-process z_ref would show

@@ -255,6 +255,7 @@ def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_
                                        f"finite loss {state.last_finite_loss} at step {state.step}; training stopped "
                                        "before applying it")
                     state.last_finite_loss = loss_value
+                rate = scheduler.get_last_lr()[0]  # the rate this step applies (once stepped, it names the next one's)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -274,7 +275,7 @@ def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_
             if state.step % log_steps == 0 or state.step == max_steps:
                 state.tokens, tokens = state.tokens + int(tokens), torch.zeros_like(tokens)
                 means = _window_means(accelerator, window)
-                means.update(grad_norm=float(grad_norm), learning_rate=scheduler.get_last_lr()[0], epoch=state.epoch)
+                means.update(grad_norm=float(grad_norm), learning_rate=rate, epoch=state.epoch)
                 state.history.append({"step": state.step, **means})
                 if log is not None:
                     log(state.step, means)

@@ -162,3 +162,15 @@ def test_a_short_run_with_gradient_accumulation_draws_only_predicted_rows(tmp_pa
     assert record.status == "completed" and record.metrics["train_steps"] == 2
     assert record.metrics["reference_sequences_computed"] <= 2 * 2 * 3 * 4  # a training batch with a row outside
     # the prediction stops the run (train_policy), so completing proves the rows drawn were the ones computed
+
+
+def test_the_logged_learning_rate_is_the_one_each_step_used(tmp_path, embedded):
+    """Linear schedule, 4 steps, 2 of warmup: the optimizer applies 0, lr/2, lr, lr/2 (TRL logs these); a rate
+    read after the scheduler steps would name the next step's (lr/2 at step 1, 0 at the last)."""
+    harness.train(load_config(None, quick_overrides(tmp_path, **{
+        "train.max_steps": 4, "train.warmup_ratio": 0.5, "train.lr_scheduler": "linear", "train.learning_rate": 1e-4,
+        "train.log_steps": 1, "eval.num_prompts": 0})))
+    logged = [row for row in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "step" in row]
+    assert [row["learning_rate"] for row in logged] == pytest.approx([0.0, 5e-5, 1e-4, 5e-5], abs=1e-12)
+    # step 1 applied rate 0, so step 2 still sees the SFT weights: DPO's loss is ln 2 there, and not after step 2
+    assert logged[1]["loss"] == pytest.approx(math.log(2), abs=1e-6) != logged[2]["loss"]

@@ -12,8 +12,8 @@ from typing import Any
 
 from harness.errors import BadInput
 
-from .base import (ONLINE_METRICS, REFERENCES, SHARED_METRICS, LossOutput, Method, Params, ReferenceParams, hyper,
-                   mean_over_processes, reward_metrics)
+from .base import (ONLINE_METRICS, REFERENCES, SHARED_METRICS, LossOutput, Method, Params, ReferenceParams, batch_std,
+                   hyper, mean_over_processes, reward_metrics)
 
 _REGISTRY: dict[str, type[Method]] = {}
 _discovered = False
@@ -49,5 +49,5 @@ def get(name: str, **params: Any) -> Method:
     return get_class(name)(**params)
 
 
-__all__ = ["Method", "Params", "ReferenceParams", "REFERENCES", "LossOutput", "hyper", "mean_over_processes", "reward_metrics", "SHARED_METRICS", "ONLINE_METRICS",
-           "register", "available", "get", "get_class"]
+__all__ = ["Method", "Params", "ReferenceParams", "REFERENCES", "LossOutput", "hyper", "mean_over_processes", "batch_std",
+           "reward_metrics", "SHARED_METRICS", "ONLINE_METRICS", "register", "available", "get", "get_class"]

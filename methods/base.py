@@ -146,6 +146,16 @@ def mean_over_processes(values: torch.Tensor) -> torch.Tensor:
     return total[0] / total[1]
 
 
+def batch_std(values: torch.Tensor) -> torch.Tensor:
+    """Bessel-corrected std over the rollout batches of every process (equal sizes), as TRL's nanstd of the
+    gathered rewards; in a single process, the plain std."""
+    from accelerate import PartialState
+
+    n = len(values) * PartialState().num_processes
+    mean = mean_over_processes(values)
+    return (mean_over_processes((values - mean) ** 2) * n / (n - 1)).sqrt()
+
+
 def reward_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, paired: bool = True) -> dict[str, torch.Tensor]:
     """The shared keys from per-row implicit rewards. Paired: accuracy = share of pairs ranked right.
     Unpaired (desirable vs undesirable rows): share of rows whose reward has the sign of their label.

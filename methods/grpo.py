@@ -32,18 +32,8 @@ from typing import Literal
 import torch
 
 from harness.logps import ROLLOUTS
-from methods import LossOutput, Method, Params, hyper, mean_over_processes, register
+from methods import LossOutput, Method, Params, batch_std, hyper, mean_over_processes, register
 from methods.ppo import masked_mean
-
-
-def batch_std(values: torch.Tensor) -> torch.Tensor:
-    """Bessel-corrected std over the rollout batches of every process (equal sizes), as TRL's nanstd of the
-    gathered rewards."""
-    from accelerate import PartialState
-
-    n = len(values) * PartialState().num_processes
-    mean = mean_over_processes(values)
-    return (mean_over_processes((values - mean) ** 2) * n / (n - 1)).sqrt()
 
 
 @register

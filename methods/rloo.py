@@ -5,7 +5,7 @@ k completions y_1..y_k of each prompt x, scored by the reward model R, with the 
 on whole sequences (log-probs summed over completion tokens, those of the policy that sampled them):
     r_i   = R(x, y_i) - beta * (log pi_old(y_i|x) - log pi_sft(y_i|x))
     A_i   = r_i - 1/(k-1) * sum_{j != i} r_j                      leave-one-out baseline
-    A_i  <- (A_i - mean A) / (std A + 1e-4)                       optional, over the rollout batch
+    A_i  <- (A_i - mean A) / (std A + 1e-4)                       optional, over the rollout batch (all processes')
     rho_i = pi(y_i|x) / pi_old(y_i|x)                             sequence-level ratio
     loss  = mean_i max(-A_i rho_i, -A_i clip(rho_i, 1 - eps, 1 + eps))
 No critic and no per-token credit assignment: the other samples of the same prompt are the baseline.
@@ -17,7 +17,7 @@ defaults to DPO's 0.1 so one beta grid serves every method.
 import torch
 
 from harness.logps import ROLLOUTS
-from methods import LossOutput, Method, Params, hyper, register
+from methods import LossOutput, Method, Params, batch_std, hyper, mean_over_processes, register
 
 
 def leave_one_out(rewards: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
@@ -47,8 +47,8 @@ class RLOO(Method):
     def advantages(self, rollout):
         rewards = rollout.scores - self.params.beta * rollout.kl()
         advantages = leave_one_out(rewards, rollout.group)
-        if self.params.normalize_advantages:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-4)
+        if self.params.normalize_advantages:  # over every process's rollout batch, as TRL gathers it
+            advantages = (advantages - mean_over_processes(advantages)) / (batch_std(advantages) + 1e-4)
         return {"advantages": advantages}, {"rollout/reward": rewards.mean()}
 
     def loss(self, policy, rollout):

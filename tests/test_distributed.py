@@ -96,6 +96,17 @@ def test_kto_reference_point_is_gathered_over_processes(tmp_path, embedded):
         assert x["loss"] == pytest.approx(y["loss"], rel=1e-4, abs=1e-6), x["step"]
 
 
+def _launch_probe(source: str, out) -> None:
+    """Run a script on 2 processes (gloo, as the pipeline's Accelerator(cpu=True)); it writes under `out`."""
+    script = out / "probe.py"
+    script.write_text(source)
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               str(script), str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 GATHER_PROBE = """
 import json, sys, torch
 from accelerate import Accelerator
@@ -121,13 +132,7 @@ def test_kto_z_ref_is_the_mean_over_every_processs_rows(tmp_path):
 
     from harness import SequenceLogps
 
-    script = tmp_path / "probe.py"
-    script.write_text(GATHER_PROBE)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-               str(script), str(tmp_path)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    _launch_probe(GATHER_PROBE, tmp_path)
     g = torch.Generator().manual_seed(0)
     chosen, rejected, kl = (torch.randn(8, generator=g, dtype=torch.float64) for _ in range(3))
     beta, z_all = 0.5, float((kl + 1.0).mean().clamp(min=0))
@@ -143,3 +148,42 @@ def test_kto_z_ref_is_the_mean_over_every_processs_rows(tmp_path):
         assert got["kl"] == pytest.approx(z_all, abs=1e-12)
         assert got["loss"] == pytest.approx(loss_with(z_all, rank), abs=1e-12)
         assert abs(loss_with(own, rank) - loss_with(z_all, rank)) > 1e-3  # a per-process z_ref would show
+
+
+RLOO_PROBE = """
+import json, sys, torch
+from types import SimpleNamespace
+from accelerate import Accelerator
+import methods
+rank = Accelerator(cpu=True).process_index
+g = torch.Generator().manual_seed(0)
+scores = torch.randn(8, generator=g, dtype=torch.float64) * (1 + torch.arange(8))  # the halves differ in spread
+rows = slice(4 * rank, 4 * rank + 4)  # 2 prompts x k = 2 on each process
+rollout = SimpleNamespace(scores=scores[rows], kl=lambda: torch.zeros(4, dtype=torch.float64),
+                          group=torch.tensor([0, 0, 1, 1]))
+fields, _ = methods.get("rloo", k=2, beta=0.1, normalize_advantages=True).advantages(rollout)
+json.dump(fields["advantages"].tolist(), open(sys.argv[1] + f"/{rank}.json", "w"))
+"""
+
+
+def test_rloo_normalises_advantages_over_every_processs_batch(tmp_path):
+    """RLOO with normalize_advantages on 2 processes of 2 prompts each: the advantages are standardised with the
+    mean and std of all 8, as TRL does it after gathering the rewards, so together they equal one process's
+    advantages for the 8 rows, not each half standardised on its own."""
+    import torch
+    from types import SimpleNamespace
+
+    import methods
+
+    _launch_probe(RLOO_PROBE, tmp_path)
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(8, generator=g, dtype=torch.float64) * (1 + torch.arange(8))
+    whole = SimpleNamespace(scores=scores, kl=lambda: torch.zeros(8, dtype=torch.float64),
+                            group=torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    expected, _ = methods.get("rloo", k=2, beta=0.1, normalize_advantages=True).advantages(whole)
+    got = [a for rank in (0, 1) for a in json.loads((tmp_path / f"{rank}.json").read_text())]
+    assert got == pytest.approx(expected["advantages"].tolist(), abs=1e-12)
+    halves = [methods.get("rloo", k=2, beta=0.1, normalize_advantages=True).advantages(SimpleNamespace(
+        scores=scores[4 * r: 4 * r + 4], kl=lambda: torch.zeros(4, dtype=torch.float64), group=torch.tensor([0, 0, 1, 1])))[0]
+        ["advantages"] for r in (0, 1)]
+    assert torch.cat(halves).tolist() != pytest.approx(got, abs=1e-3)  # per-process standardising would show

@@ -100,10 +100,13 @@ def _launch_probe(source: str, out) -> None:
     """Run a script on 2 processes (gloo, as the pipeline's Accelerator(cpu=True)); it writes under `out`."""
     script = out / "probe.py"
     script.write_text(source)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-               str(script), str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    for attempt in range(2):  # once more on a fresh port: the free port can be taken before the launch binds it
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+                   str(_free_port()), str(script), str(out)]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+        if result.returncode == 0:
+            return
     assert result.returncode == 0, result.stderr[-3000:]
 
 

@@ -100,7 +100,7 @@ def _launch_probe(source: str, out) -> None:
     """Run a script on 2 processes (gloo, as the pipeline's Accelerator(cpu=True)); it writes under `out`."""
     script = out / "probe.py"
     script.write_text(source)
-    for attempt in range(2):  # once more on a fresh port: the free port can be taken before the launch binds it
+    for attempt in range(2):  # once more if a launch fails for its infrastructure (port taken, gloo teardown)
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
                    str(_free_port()), str(script), str(out)]
@@ -124,6 +124,7 @@ policy = SequenceLogps(chosen[rows][:2], rejected[rows][:2], zero, zero, kl=kl[r
 reference = SequenceLogps(zero, zero, zero, zero, kl=torch.zeros(4, dtype=torch.float64))
 out = methods.get("kto", beta=0.5).loss(policy, reference)
 json.dump({"loss": out.loss.item(), "kl": float(out.metrics["kl"])}, open(sys.argv[1] + f"/{rank}.json", "w"))
+torch.distributed.destroy_process_group()  # an exit with the gloo group alive can abort ("terminate called")
 """
 
 
@@ -166,6 +167,7 @@ rollout = SimpleNamespace(scores=scores[rows], kl=lambda: torch.zeros(4, dtype=t
                           group=torch.tensor([0, 0, 1, 1]))
 fields, _ = methods.get("rloo", k=2, beta=0.1, normalize_advantages=True).advantages(rollout)
 json.dump(fields["advantages"].tolist(), open(sys.argv[1] + f"/{rank}.json", "w"))
+torch.distributed.destroy_process_group()
 """
 
 

@@ -3,7 +3,7 @@ folders; a diverging run stops at its first non-finite loss; a killed run resume
 runs never share an output_dir; the same config gives the same metrics; the code loads nothing unsafely.
 
 The corpus of bad inputs lives in tests/data/bad_inputs/ (files) and in CASES below (arguments); each
-case runs the CLI in this process (`app.cli.main`, what `harness` calls) and a few run it as the real
+case runs the CLI in this process (`cli.main`, what `harness` calls) and a few run it as the real
 command, so the exit status and the absence of a traceback are checked where a user sees them.
 """
 
@@ -99,7 +99,7 @@ def _files(root: Path) -> set[Path]:
 
 @pytest.mark.parametrize("name, argv, needle", CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, tiny_model, embedded, capsys, name, argv, needle):
-    from app.cli import main
+    from cli import main
 
     (tmp_path / "a_file").write_text("not a folder")
     out, cache = tmp_path / "out", tmp_path / "cache"

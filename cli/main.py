@@ -78,7 +78,7 @@ def _summary_rows(record) -> list[tuple[str, str]]:
 def cmd_train(args) -> int:
     from harness.config import load_config
 
-    from . import pipeline
+    from app import pipeline
 
     cfg = load_config(args.config, args.overrides)
     record = pipeline.train(cfg)
@@ -88,7 +88,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from . import pipeline
+    from app import pipeline
 
     record = pipeline.evaluate_saved(args.run_dir, args.overrides)
     _table(f"eval {record.trial_id}", _summary_rows(record))
@@ -133,7 +133,7 @@ def _sweep(spec_name: str, args) -> int:
 def _print_report(folders, wandb_tree: dict | None = None) -> None:
     from harness.config import WandbConfig
 
-    from .reporting import report
+    from app.reporting import report
 
     markdown, page = report(folders, WandbConfig(**(wandb_tree or {})))
     print(f"report: {markdown} and {page}")

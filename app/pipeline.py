@@ -79,6 +79,19 @@ def _make_accelerator(cfg: RunConfig):
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed))
 
 
+def _distributed(accelerator, cfg: RunConfig, launch: dict | None) -> dict:
+    """How the run's processes were laid out: accelerate's strategy as it runs (NO, MULTI_CPU, MULTI_GPU, FSDP,
+    DEEPSPEED), the world size and global batch, and the launch (a Ray Train trial's workers and accelerate
+    config, else what started the processes)."""
+    import os
+
+    world = accelerator.num_processes
+    launcher = "accelerate launch / torchrun" if world > 1 or "LOCAL_RANK" in os.environ else "single process"
+    return {"strategy": str(accelerator.distributed_type).removeprefix("DistributedType."), "world_size": world,
+            "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world,
+            "launcher": launcher, **(launch or {})}
+
+
 def _claim_output_dir(output_dir: Path, main_process: bool):
     """The run's lock on its output_dir (held by the launch's main process until the run ends): a second run
     started on the same folder stops with BadInput instead of interleaving its files with the first's."""
@@ -95,10 +108,11 @@ def _claim_output_dir(output_dir: Path, main_process: bool):
 
 
 def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | None = None, stage: str | None = None,
-          sweep: dict | None = None) -> RunRecord:
+          sweep: dict | None = None, distributed: dict | None = None) -> RunRecord:
     """Train, evaluate and record one run. Raises BadInput (before writing anything but its output_dir's lock)
     for bad config or data, or when another run holds the output_dir. A sweep passes its name, the trial's
-    stage in a comparison (selection or test) and the spec as it runs (recorded with its hash)."""
+    stage in a comparison (selection or test) and the spec as it runs (recorded with its hash); a multi-worker
+    trial (sweeps/workers.py) passes how its processes were launched (recorded beside the strategy)."""
     started = time.perf_counter()
     cfg = config if isinstance(config, RunConfig) else build_config(config, "config")
     output_dir = Path(cfg.output_dir).expanduser().absolute()
@@ -107,11 +121,11 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
     ctx = RunContext.build(cfg)
     accelerator = _make_accelerator(ctx.cfg)
     with _claim_output_dir(output_dir, accelerator.is_main_process):
-        return _train(ctx, output_dir, accelerator, started, spec, trial_id, stage, sweep or {})
+        return _train(ctx, output_dir, accelerator, started, spec, trial_id, stage, sweep or {}, distributed)
 
 
 def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec: str | None,
-           trial_id: str | None, stage: str | None, sweep: dict) -> RunRecord:
+           trial_id: str | None, stage: str | None, sweep: dict, distributed: dict | None) -> RunRecord:
     from accelerate.utils import set_seed
 
     cfg, method, task, tokenizer = ctx.cfg, ctx.method, ctx.task, ctx.tokenizer
@@ -145,7 +159,8 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
                  "eval_prompts_distinct": len(set(prompt_cluster_ids(task.eval_prompts))),
                  "val_prompts": len(task.val_prompts), "val_prompts_fingerprint": key_of(task.val_prompts),
                  "val_prompts_distinct": len(set(prompt_cluster_ids(task.val_prompts)))},
-        versions=versions(), hardware=hardware())
+        versions=versions(), hardware=hardware(),
+        distributed=_distributed(accelerator, cfg, distributed))
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         record.write()
@@ -178,7 +193,7 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
         forwarded = state.tokens_forwarded + reference_tokens
         metrics: dict[str, Any] = {
             "first_train_loss": state.first_loss, "final_train_loss": state.history[-1]["loss"],
-            "train_steps": state.step, "train_time_s": state.seconds,
+            "train_steps": state.step, "train_time_s": state.seconds, "resumed_from_step": state.resumed_from,
             # The data budget in preference pairs: an unpaired row (KTO) is half a pair; an online method
             # sees sampled completions instead (its reward model saw the training pairs).
             "pairs_seen": None if online else state.examples * (1.0 if method.paired else 0.5),

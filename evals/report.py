@@ -518,10 +518,13 @@ def build_report(folders: list[Path]) -> tuple[list[tuple], str, pd.DataFrame, l
     board = select_best(records, selection) if selection else leaderboard(records, spec.get("rank_within"))
     stability = kl_stability(records, selection) if selection else None
     colors = _colors(list(dict.fromkeys(done["method"])))
-    figures = [f for f in (win_rate_figure(done, colors),
-                           frontier_figure(done, colors, board, selection.kl_budget if selection else None),
-                           training_curves_figure(done, board, colors), length_figure(done, colors),
-                           judge_gold_figure(board, done, colors)) if f is not None] if not done.empty else []
+    # Runs trained without an evaluation (eval.num_prompts=0) have curves but no outcomes to draw.
+    evaluated = done[done["outcomes"].map(lambda o: isinstance(o, dict) and "test" in o)] if not done.empty else done
+    figures = [f for f in ((win_rate_figure(evaluated, colors),
+                            frontier_figure(evaluated, colors, board, selection.kl_budget if selection else None))
+                           if not evaluated.empty else ()) + (training_curves_figure(done, board, colors),)
+               + ((length_figure(evaluated, colors), judge_gold_figure(board, evaluated, colors))
+                  if not evaluated.empty else ()) if f is not None] if not done.empty else []
     verdict_figure = stability_figure(stability, selection.metric, colors) if stability is not None else None
     names = ", ".join(f"`{display_path(f)}`" for f in folders)
     judges = ", ".join(sorted({str(j) for j in done.get("judge", pd.Series(dtype=str)).dropna()})) or "none"

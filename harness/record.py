@@ -52,6 +52,10 @@ class RunRecord(BaseModel):
     sweep: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, str | None] = Field(default_factory=dict)
     hardware: dict[str, Any] = Field(default_factory=dict)
+    # The processes: accelerate's strategy, world size, global batch, the launch (Ray Train workers, their
+    # accelerate config); and the precision of each part of the run (app/precision.py).
+    distributed: dict[str, Any] = Field(default_factory=dict)
+    precision: dict[str, Any] = Field(default_factory=dict)
     output_dir: str
     created_at: str = Field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat())
 

@@ -140,6 +140,7 @@ class TrainState:
     last_finite_loss: float | None = None  # the last optimizer step's loss (its last micro-batch)
     history: list[dict] = field(default_factory=list)
     extra: dict | None = None  # `extra_state.state_dict()` (e.g. an adaptive KL controller), saved with checkpoints
+    resumed_from: int | None = None  # the checkpoint's step this run resumed from (None: it started fresh)
 
 
 def _latest_checkpoint(folder: Path) -> Path | None:
@@ -224,6 +225,7 @@ def train_loop(model, step_loss: Callable, loader, optimizer, scheduler, *, max_
     if latest is not None:
         accelerator.load_state(str(latest))
         state = TrainState(**json.loads((latest / "trainer_state.json").read_text()))
+        state.resumed_from = state.step
         if extra_state is not None and state.extra is not None:
             extra_state.load_state_dict(state.extra)
         if hasattr(extra_state, "load_from"):

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .protocol import SEED, tune_until_bracketed
-from .spec import SweepSpec, check_resources, expand, method_points, seeds_of
+from .spec import Resources, SweepSpec, check_resources, expand, method_points, seeds_of
+from .workers import train_on_workers
 
 # Passed to Ray workers explicitly: they do not see variables set after ray.init.
 FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "HARNESS_CACHE_DIR", "WANDB_MODE", "WANDB_API_KEY",
@@ -29,7 +30,8 @@ FORWARDED_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HOME", "HARNESS_CA
 
 
 def run_trial(params: dict[str, Any]) -> None:
-    """The Tune trainable: one run end to end, then its metrics reported to Tune."""
+    """The Tune trainable: one run end to end (in this process, or on resources.workers Ray Train workers),
+    then its metrics reported to Tune."""
     from ray import tune
 
     from app import pipeline
@@ -47,8 +49,13 @@ def run_trial(params: dict[str, Any]) -> None:
         out.mkdir(parents=True, exist_ok=True)
         with (out / "attempts.jsonl").open("a") as handle:
             handle.write(json.dumps({"started": time.time(), "pid": os.getpid()}) + "\n")
-        record = pipeline.train(trial["config"], spec=params["spec"], trial_id=trial["name"], stage=trial.get("stage"),
-                                sweep=params.get("sweep"))
+        resources = Resources(**params["resources"])
+        if resources.workers > 1:
+            train_on_workers(params, resources)
+            record = RunRecord.read(done)
+        else:
+            record = pipeline.train(trial["config"], spec=params["spec"], trial_id=trial["name"],
+                                    stage=trial.get("stage"), sweep=params.get("sweep"))
     tune.report({k: v for k, v in record.metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
 
 
@@ -166,9 +173,18 @@ def _run_protocol(spec: SweepSpec, spec_path, overrides, points: list[dict], roo
 
 def _fit(spec: SweepSpec, trials: list[dict], root: Path, experiment: str, as_run: dict, resume: bool) -> None:
     """One stage of the sweep as one Ray Tune experiment under root/<experiment>."""
+    import ray
     from ray import tune
 
-    trainable = tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    res = spec.resources
+    # A multi-worker trial's workers are Ray Train's to place (their own placement group); the Tune trial only
+    # waits for them, so it holds no CPU (a token of memory: Ray needs some resource), and the concurrency is
+    # what the cluster fits of whole trials.
+    trainable = tune.with_resources(run_trial, {"cpu": res.cpu, "gpu": res.gpu} if res.workers == 1 else {"memory": 2**20})
+    concurrent = spec.max_concurrent
+    if res.workers > 1:
+        fits = int(ray.cluster_resources().get("CPU", 1) // (res.cpu * res.workers))
+        concurrent = max(1, min(concurrent or fits, fits))
     path = str(root / experiment)
     if resume and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable, resume_errored=True)
@@ -177,11 +193,11 @@ def _fit(spec: SweepSpec, trials: list[dict], root: Path, experiment: str, as_ru
             print(f"harness: nothing to resume at {path}; starting this stage")
         tuner = tune.Tuner(
             trainable,
-            param_space={"spec": spec.name, "trial": tune.grid_search(trials),
+            param_space={"spec": spec.name, "trial": tune.grid_search(trials), "resources": res.model_dump(),
                          "sweep": {"name": spec.name, "spec_hash": as_run["spec_hash"], "spec": as_run}},
             # A trial's worker process is kept for the next trial: torch, transformers and the harness
             # are imported once per process, not once per trial (every trial sets its own seeds).
-            tune_config=tune.TuneConfig(max_concurrent_trials=spec.max_concurrent, reuse_actors=True),
+            tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
             run_config=tune.RunConfig(name=experiment, storage_path=str(root), verbose=0,
                                       failure_config=tune.FailureConfig(max_failures=spec.max_failures)))
     results = tuner.fit()

@@ -18,7 +18,7 @@
       extend_rounds: 2       # extend an axis where a pick sits at its edge, at most this often
       limits: {train.learning_rate: [1.0e-5, 3.2e-3]}
     rank_within: train.learning_rate     # a board (own reference, own family) per value of this key
-    resources: {cpu: 1, gpu: 0}
+    resources: {cpu: 1, gpu: 0}   # per trial; with workers: N, per worker of a trial that spans N processes
     max_concurrent: 2
 
 `method.name: all` in the grid means every registered method, offline and online. With `equal_pairs`
@@ -44,9 +44,14 @@ SPEC_DIR = Path(__file__).parent / "specs"
 
 
 class Resources(BaseModel):
+    """Per trial; with `workers` > 1, per worker of the trial (a Ray Train TorchTrainer, sweeps/workers.py)."""
+
     model_config = ConfigDict(extra="forbid")
     cpu: float = Field(1, gt=0)
     gpu: float = Field(0, ge=0)
+    workers: int = Field(1, ge=1, description="processes of one trial (Ray Train workers, one process group)")
+    accelerate_config: str | None = Field(None, description="an `accelerate config` YAML (DDP, FSDP or DeepSpeed) "
+                                          "the workers apply; relative paths are read from the spec's folder")
 
 
 class SweepSpec(BaseModel):
@@ -81,9 +86,19 @@ def load_spec(name_or_path: str) -> tuple[SweepSpec, Path]:
         shipped = ", ".join(sorted(p.stem for p in SPEC_DIR.glob("*.yaml")))
         raise BadInput(f"sweep spec not found: {name_or_path} (shipped specs: {shipped})")
     try:
-        return SweepSpec.model_validate(read_yaml(path, "sweep spec")), path
+        spec = SweepSpec.model_validate(read_yaml(path, "sweep spec"))
     except ValidationError as error:
         raise BadInput(f"{path}: {validation_message(error, 'spec key')}") from None
+    named = spec.resources.accelerate_config
+    if named:  # read where the spec is, checked now: a worker would fail on it only after the prepare stage
+        from .workers import accelerate_env
+
+        resolved = (path.parent / named).expanduser().absolute() if not Path(named).is_absolute() else Path(named)
+        if not resolved.is_file():
+            raise BadInput(f"{path}: resources.accelerate_config {named}: no such file ({resolved})")
+        spec.resources.accelerate_config = str(resolved)
+        accelerate_env(str(resolved), spec.resources.workers, spec.resources.gpu > 0)
+    return spec, path
 
 
 def _product(grid: dict[str, list[Any]], where: str) -> list[dict[str, Any]]:
@@ -181,7 +196,8 @@ def _config(spec: SweepSpec, point: dict[str, Any], overrides: list[str] | None,
 def check_resources(resources: Resources, available: dict[str, float], where: str) -> None:
     """A trial asking for more than the cluster has would wait forever in Ray: refuse it up front."""
     cpus, gpus = available.get("CPU", os.cpu_count() or 1), available.get("GPU", 0)
-    if resources.cpu > cpus:
-        raise BadInput(f"{where}: resources.cpu={resources.cpu} per trial but only {cpus:g} CPUs are available")
-    if resources.gpu > gpus:
-        raise BadInput(f"{where}: resources.gpu={resources.gpu} per trial but only {gpus:g} GPUs are available")
+    n, each = resources.workers, " per trial" if resources.workers == 1 else f" per worker x {resources.workers} workers"
+    if resources.cpu * n > cpus:
+        raise BadInput(f"{where}: resources.cpu={resources.cpu:g}{each} but only {cpus:g} CPUs are available")
+    if resources.gpu * n > gpus:
+        raise BadInput(f"{where}: resources.gpu={resources.gpu:g}{each} but only {gpus:g} GPUs are available")

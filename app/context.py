@@ -14,7 +14,8 @@ from evals.scorers import GoldScorer, Scorer, make_scorer
 from harness.config import MethodConfig, RunConfig, build_config
 from harness.data import Formatter
 from harness.errors import BadInput
-from harness.models import check_local_weights, fingerprint, load_causal_lm, load_tokenizer
+from harness.models import check_local_weights, fingerprint, load_causal_lm, load_tokenizer, pick_device
+from harness.precision import Precision
 from harness.reference import Reference
 from harness.sources import TaskData, load_task
 
@@ -48,6 +49,7 @@ class RunContext:
     formatter: Formatter
     sft_fingerprint: str
     scorers: dict[str, Scorer]  # empty when eval.num_prompts == 0
+    precision: Precision  # the one autocast policy of every forward and sample of the run
 
     @classmethod
     def build(cls, config: RunConfig | dict, source: str = "config") -> "RunContext":
@@ -62,13 +64,17 @@ class RunContext:
         check_local_weights(task.sft_path)
         scorers = make_scorers(cfg, task) if cfg.eval.num_prompts else {}
         formatter = Formatter(tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, cfg.data.apply_chat_template)
-        return cls(cfg, method, task, tokenizer, formatter, fingerprint(task.sft_path, cfg.model.revision), scorers)
+        precision = Precision.of(cfg.model.mixed_precision, cfg.model.dtype, pick_device(cfg.model.device))
+        return cls(cfg, method, task, tokenizer, formatter, fingerprint(task.sft_path, cfg.model.revision), scorers,
+                   precision)
 
     def prompts(self, texts: list) -> Prompts:
         return Prompts(texts, [self.formatter.prompt_ids(p) for p in texts])
 
     def load_sft(self, device=None):
-        return load_causal_lm(self.task.sft_path, self.cfg.model, device)
+        """The SFT model in the dtype the policy computes in: a full fine-tune's fp32 master weights (so a frozen
+        reference and the policy before its first step compute identically), else the LoRA base's own dtype."""
+        return load_causal_lm(self.task.sft_path, self.cfg.model, device, like_trained=self.cfg.model.lora.r == 0)
 
     def training_prompts(self) -> list[tuple]:
         """The distinct prompts of the training rows, each as (the prompt the reward model is shown, the token

@@ -27,7 +27,8 @@ from harness.data import prepare_examples
 from harness.errors import BadInput
 from harness.logps import CHOSEN, PAIRS, REJECTED
 from harness.models import add_lora, load_causal_lm, pick_device
-from harness.online import train_online
+from harness.online import rollout_seed, train_online
+from harness.precision import Precision, computes_in
 from harness.record import RunRecord, hardware, versions
 from harness.reference import Reference
 from harness.tracking import Tracker
@@ -40,20 +41,24 @@ VAL_METRICS = ("win_rate", "win_rate_low", "win_rate_high", "gold_win_rate", "go
 
 
 def cached_reference(reference: Reference, prepared, pad_token_id: int, cache_dir: str,
-                     needed: list[int] | None = None) -> tuple[list[list[float]], int]:
+                     needed: list[int] | None = None, precision: Precision | None = None) -> tuple[list[list[float]], int]:
     """Reference log-probs of the training sequences of the examples `needed` (None: every example), from
-    the per-sequence cache (RowCache: keyed by the SFT weights, dtype and torch version, then by each
-    sequence's token ids); the missing ones are computed now, in one length-sorted pass. Examples not
-    needed get NaN (train_policy refuses a batch holding one). Returns the values and how many sequences
-    were computed now."""
-    dtype = str(next(reference.model.parameters()).dtype)
-    cache = RowCache(cache_dir, "reference-logps", key_of("reference-logps", reference.fingerprint, dtype, torch.__version__))
+    the per-sequence cache (RowCache: keyed by the SFT weights, how they compute (dtype, autocast) and the
+    torch version, then by each sequence's token ids); the missing ones are computed now, in one length-sorted
+    pass, under the run's precision (as training computes the policy's). Examples not needed get NaN
+    (train_policy refuses a batch holding one). Returns the values and how many sequences were computed now."""
+    autocast = precision.context if precision is not None else contextlib.nullcontext
+    with autocast():
+        computes = computes_in(reference.model, adapter_off=reference.adapter_off)
+    cache = RowCache(cache_dir, "reference-logps", key_of("reference-logps", reference.fingerprint, computes, torch.__version__))
     needed = list(range(len(prepared.examples))) if needed is None else needed
     rows = [(prompt, completion) for i in needed for prompt, completion, _ in prepared.examples[i]]
 
     def compute(missing: list[int]) -> list[float]:
         as_examples = [[(*rows[i], 0)] for i in missing]
-        return [v for vs in reference.sequence_logps(as_examples, pad_token_id, desc="reference log-probs") for v in vs]
+        with autocast():
+            values = reference.sequence_logps(as_examples, pad_token_id, desc="reference log-probs")
+        return [v for vs in values for v in vs]
 
     flat, computed = cache.fill(rows, compute)
     values = [[math.nan] * len(example) for example in prepared.examples]
@@ -68,13 +73,12 @@ def _trained_dtype(model) -> str:
     return str(next(p for p in model.parameters() if p.requires_grad).dtype).removeprefix("torch.")
 
 
-def _make_accelerator(cfg: RunConfig):
+def _make_accelerator(cfg: RunConfig, precision: Precision):
     from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
     device = pick_device(cfg.model.device)
-    mixed = "bf16" if device.type == "cuda" and cfg.model.dtype == "auto" and torch.cuda.is_bf16_supported() else "no"
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed,
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=precision.mixed_precision,
                        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed))
 
@@ -90,6 +94,16 @@ def _distributed(accelerator, cfg: RunConfig, launch: dict | None) -> dict:
     return {"strategy": str(accelerator.distributed_type).removeprefix("DistributedType."), "world_size": world,
             "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world,
             "launcher": launcher, **(launch or {})}
+
+
+def _precision_record(ctx: RunContext, policy, online: bool) -> dict:
+    """What each part of the run computed in: one policy (harness/precision.py), stated part by part."""
+    with ctx.precision.context():
+        computes = computes_in(policy)
+    parts = ["training", "evaluation"] + (["generation", "old log-probs", "reference log-probs"] if online else
+                                          ["reference log-probs"] if ctx.method.reference == "frozen" else [])
+    return {"policy": ctx.cfg.model.mixed_precision, "autocast": "bf16" if ctx.precision.autocast else "none",
+            **{part: computes for part in parts}}
 
 
 def _claim_output_dir(output_dir: Path, main_process: bool):
@@ -119,7 +133,7 @@ def train(config: RunConfig | dict, *, spec: str | None = None, trial_id: str | 
     if output_dir.exists() and not output_dir.is_dir():  # said before anything is loaded or built
         raise BadInput(f"output_dir {output_dir} is a file, not a folder")
     ctx = RunContext.build(cfg)
-    accelerator = _make_accelerator(ctx.cfg)
+    accelerator = _make_accelerator(ctx.cfg, ctx.precision)
     with _claim_output_dir(output_dir, accelerator.is_main_process):
         return _train(ctx, output_dir, accelerator, started, spec, trial_id, stage, sweep or {}, distributed)
 
@@ -178,7 +192,8 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
             if method.reference == "frozen":  # the other variants need no SFT log-probs to train
                 needed = consumed_examples(prepared.examples, cfg.train, accelerator.num_processes)
                 reference, reference_computed = cached_reference(Reference.untrained(model, ctx.sft_fingerprint),
-                                                                 prepared, tokenizer.pad_token_id, cfg.cache_dir, needed)
+                                                                 prepared, tokenizer.pad_token_id, cfg.cache_dir, needed,
+                                                                 ctx.precision)
                 reference_hit = reference_computed == 0
                 used = range(len(prepared.examples)) if needed is None else needed
                 # its cost, whether this run or an earlier one paid it
@@ -213,11 +228,15 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
             "reference_cache_hit": reference_hit,
             # Sequences whose reference log-probs this run computed (the rest came from the cache).
             "reference_sequences_computed": reference_computed,
-            # What precision training ran in: the trained weights' dtype and accelerate's autocast.
+            # What precision training ran in: the trained weights' dtype and the autocast (record.precision: each part).
             "precision": f"{_trained_dtype(policy)} weights, {accelerator.mixed_precision} autocast",
             # Processes of the launch, and examples per optimizer step over all of them.
             "world_size": world,
-            "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world}
+            "global_batch_size": cfg.train.batch_size * cfg.train.gradient_accumulation_steps * world,
+            # Each process samples its own rollouts: the sampling seed of the first rollout batch, per process
+            # (harness/online.py rollout_seed gives every later one).
+            "rollout_seeds": [rollout_seed(cfg.train.seed, 0, p, 1) for p in range(world)] if online else None}
+        record.precision = _precision_record(ctx, policy, online)
         if cfg.eval.num_prompts and accelerator.is_main_process:
             evaluated, record.outcomes, record.prompt_clusters, record.examples = evaluate_run(ctx, policy, output_dir)
             metrics.update(evaluated)
@@ -244,24 +263,33 @@ def prepare(config: RunConfig | dict) -> dict[str, Any]:
     cfg, task = ctx.cfg, ctx.task
     done: dict[str, Any] = {"task_cache_hit": task.stats.get("task_cache_hit")}
     sft = Reference(ctx.load_sft(), ctx.sft_fingerprint)
+    autocast = ctx.precision.context
     if ctx.method.kind == "online":
         if cfg.online.reward == "proxy":
             done["proxy_reward_model_cache_hit"] = proxy_reward_model(task.sft_path, ctx.sft_fingerprint, task.rows,
                                                                       cfg.cache_dir, cfg.online.proxy_steps)[1]
     elif ctx.method.reference == "frozen":
         prepared = prepare_examples(task.rows, ctx.formatter, ctx.method.consumes, cfg.data.seed)
-        done["reference_cache_hit"] = cached_reference(sft, prepared, ctx.tokenizer.pad_token_id, cfg.cache_dir)[1] == 0
+        done["reference_cache_hit"] = cached_reference(sft, prepared, ctx.tokenizer.pad_token_id, cfg.cache_dir,
+                                                       precision=ctx.precision)[1] == 0
     for split, prompts in (("eval", task.eval_prompts), ("val", task.val_prompts)):
         if prompts and ctx.scorers:
-            done[f"sft_{split}_cache_hit"] = sft_side(sft, ctx.tokenizer, ctx.prompts(prompts), cfg.eval, ctx.scorers,
-                                                      cfg.cache_dir)[1]
+            with autocast():  # as the trials' evaluation computes it
+                done[f"sft_{split}_cache_hit"] = sft_side(sft, ctx.tokenizer, ctx.prompts(prompts), cfg.eval,
+                                                          ctx.scorers, cfg.cache_dir)[1]
     return done
 
 
 def evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict, dict, list]:
     """Win rate vs SFT (judge and gold) and its length-controlled version, KL, length, diversity, held-out
     preference accuracy with its SFT baseline and gold ceiling, judge agreement. Returns (metrics, per-prompt
-    outcomes by split, each split's prompt clusters, a few test outputs)."""
+    outcomes by split, each split's prompt clusters, a few test outputs). Every forward and sample runs under
+    the run's precision, as in training, so `harness eval` of the saved model reproduces these numbers."""
+    with ctx.precision.context():
+        return _evaluate_run(ctx, policy, output_dir)
+
+
+def _evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict, dict, list]:
     cfg, task, scorers = ctx.cfg, ctx.task, ctx.scorers
     if ctx.method.kind == "online":  # also by the reward model it optimised: how far the judge's verdict is from it
         scorers = {**scorers, "proxy": ctx.reward_model()}
@@ -307,7 +335,7 @@ def evaluate_saved(run_dir: str | Path, overrides: list[str] | None = None) -> R
 
         policy = PeftModel.from_pretrained(ctx.load_sft(), str(run_dir / "model"))
     else:
-        policy = load_causal_lm(str(run_dir / "model"), ctx.cfg.model)
+        policy = load_causal_lm(str(run_dir / "model"), ctx.cfg.model, like_trained=True)  # its fp32 master weights
     metrics, record.outcomes, record.prompt_clusters, record.examples = evaluate_run(ctx, policy, run_dir)
     record.metrics.update(metrics)
     record.config = ctx.cfg.resolved()

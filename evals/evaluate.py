@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from harness.precision import computes_in
 from harness.cache import cached_dir, key_of
 from harness.config import EvalConfig
 from harness.generation import sample
@@ -62,9 +63,12 @@ def _checked_scores(scorer: Scorer, prompts, texts) -> np.ndarray:
 
 def sft_side(sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfig, scorers: dict[str, Scorer],
              cache_dir: str) -> tuple[dict, bool]:
-    """SFT generations and their scores by every scorer, from the cache or computed once and stored."""
+    """SFT generations and their scores by every scorer, from the cache or computed once and stored; keyed
+    also by how the SFT model computes here (its dtype and the autocast in force: harness/precision.py)."""
     decoding = cfg.model_dump(include={"max_new_tokens", "temperature", "top_p", "samples_per_prompt", "seed"})
-    key = key_of("sft-side", sft.fingerprint, prompts.ids, decoding, {k: s.fingerprint for k, s in scorers.items()})
+    computes = computes_in(sft.model, adapter_off=sft.adapter_off)
+    key = key_of("sft-side", sft.fingerprint, prompts.ids, decoding, {k: s.fingerprint for k, s in scorers.items()},
+                 computes)
 
     def build(out: Path) -> None:
         completions = _generate(partial(sft.sample, tokenizer), prompts.ids, cfg, "SFT samples")

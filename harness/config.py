@@ -34,6 +34,9 @@ class ModelConfig(_Strict):
     revision: str | None = None
     trust_remote_code: bool = False
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    mixed_precision: Literal["auto", "none", "bf16"] = Field(
+        "auto", description="autocast for every forward and sample of a run (harness/precision.py): auto = bf16 on a "
+        "bf16 CUDA device with dtype auto, else none; bf16 = bf16 autocast on any device")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     lora: LoraConfig = LoraConfig()
 

@@ -75,14 +75,17 @@ def load_tokenizer(path: str, cfg: ModelConfig):
     return tokenizer
 
 
-def load_causal_lm(path: str, cfg: ModelConfig, device: torch.device | None = None, trained: bool = False):
-    """A causal LM on `device`; `trained`: its weights get optimizer updates (full fine-tuning of the policy)."""
+def load_causal_lm(path: str, cfg: ModelConfig, device: torch.device | None = None, trained: bool = False,
+                   like_trained: bool = False):
+    """A causal LM on `device`; `trained`: its weights get optimizer updates (full fine-tuning of the policy);
+    `like_trained`: frozen, in the dtype a trained copy gets (the SFT model beside a fully fine-tuned policy,
+    so that both compute alike: harness/precision.py)."""
     from transformers import AutoModelForCausalLM
 
     _check_exists(path)
     check_local_weights(path)
     device = device or pick_device(cfg.device)
-    dtype = pick_dtype(cfg.dtype, device, trained)
+    dtype = pick_dtype(cfg.dtype, device, trained or like_trained)
     if trained and dtype in (torch.bfloat16, torch.float16):
         warnings.warn(f"model.dtype={cfg.dtype}: training {dtype} weights without an fp32 master copy; AdamW steps "
                       "below about 1e-3 of a weight's size round away (model.dtype=auto keeps fp32 weights under "

@@ -23,6 +23,7 @@ only at rollout boundaries) the stream starts again at the next rollout and repl
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 from dataclasses import dataclass, field, replace
@@ -72,6 +73,12 @@ class Rollout:
         return ((self.logps - self.ref_logps) * self.mask).sum(-1)
 
 
+def rollout_seed(seed: int, rollout: int, process: int, what: int) -> int:
+    """The seed of one part of a rollout batch (0: the prompts drawn, 1: sampling, 2: the minibatch order) of
+    one process: every process of a launch draws its own prompts and samples."""
+    return ((seed * 1_000_003 + rollout) * 101 + process) * 7 + what
+
+
 class ValueHead(torch.nn.Module):
     """A policy with a scalar head on its last hidden state, sharing the trunk (PPO's critic).
 
@@ -109,8 +116,10 @@ class RolloutStream:
     """What `train_loop` iterates over for an online method: minibatches of rollout batches, forever."""
 
     def __init__(self, model, policy, method, prompts: list[tuple[Any, list[int]]], reward: Callable, reference: Reference,
-                 tokenizer, train: TrainConfig, online: OnlineConfig, process_index: int = 0):
+                 tokenizer, train: TrainConfig, online: OnlineConfig, process_index: int = 0,
+                 autocast: Callable = contextlib.nullcontext):
         self.model, self.policy, self.method, self.prompts = model, policy, method, prompts
+        self.autocast = autocast  # the run's precision (harness/precision.py), as the training forward has it
         self.reward, self.reference, self.tokenizer = reward, reference, tokenizer
         self.train, self.online, self.process_index = train, online, process_index
         self.size = online.prompts_per_rollout * method.samples_per_prompt
@@ -119,10 +128,15 @@ class RolloutStream:
         self.pending_counts: dict[str, int] = {}  # work done for the next batch to yield, for the record
 
     def _seed(self, rollout: int, what: int) -> int:
-        return ((self.train.seed * 1_000_003 + rollout) * 101 + self.process_index) * 7 + what
+        return rollout_seed(self.train.seed, rollout, self.process_index, what)
 
-    @torch.no_grad()
     def collect(self, index: int) -> Rollout:
+        """Rollout batch `index`: sampling, the old policy's and the reference's log-probs and the reward
+        model's scores all under the training forward's autocast, so at step 0 KL is 0 and the ratio 1."""
+        with torch.no_grad(), self.autocast():
+            return self._collect(index)
+
+    def _collect(self, index: int) -> Rollout:
         k, device = self.method.samples_per_prompt, next(self.model.parameters()).device
         picked = random.Random(self._seed(index, 0)).sample(range(len(self.prompts)), self.online.prompts_per_rollout)
         prompt_ids = [self.prompts[i][1] for i in picked for _ in range(k)]
@@ -197,7 +211,7 @@ def train_online(accelerator, policy, method, prompts: list[tuple[Any, list[int]
                        f"{len(prompts)} distinct prompts")
     model = ValueHead(policy).to(next(policy.parameters()).device) if VALUES in method.consumes else policy
     stream = RolloutStream(model, policy, method, prompts, reward, reference, tokenizer, cfg, online,
-                           accelerator.process_index)
+                           accelerator.process_index, accelerator.autocast)
     steps_per_rollout, remainder = divmod(stream.batches_per_rollout, cfg.gradient_accumulation_steps)
     if remainder:
         raise BadInput(f"train.gradient_accumulation_steps={cfg.gradient_accumulation_steps} must divide the "

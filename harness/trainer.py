@@ -190,6 +190,9 @@ class OneProcess:
     def reduce(self, tensor, reduction="mean"):
         return tensor
 
+    def autocast(self):
+        return contextlib.nullcontext()
+
     def skip_first_batches(self, loader, num_batches):
         return itertools.islice(loader, num_batches, None)
 

@@ -151,8 +151,9 @@ class PPO(Method):
                                                    p.cliprange)
         value_loss = clipped_value_loss(policy.values, rollout.values, rollout.fields["returns"], mask, p.cliprange_value)
         approx_kl = 0.5 * masked_mean((policy.logps - rollout.logps) ** 2, mask)
+        ratio = masked_mean(torch.exp(policy.logps.detach() - rollout.logps), mask)
         metrics = {"policy/loss": policy_loss.detach(), "policy/clipfrac": clipped, "policy/approxkl": approx_kl.detach(),
-                   "value/loss": value_loss.detach()}
+                   "policy/ratio": ratio, "value/loss": value_loss.detach()}
         return LossOutput(policy_loss + p.vf_coef * value_loss, metrics)
 
     def state_dict(self):

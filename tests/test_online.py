@@ -14,6 +14,7 @@ from harness.config import load_config
 from harness.errors import BadInput
 from harness.logps import ROLLOUTS, TokenLogps
 from harness.online import Rollout
+from harness.record import RunRecord
 from methods import ONLINE_METRICS, LossOutput, Method, register
 from methods.ppo import adaptive_kl, clipped_policy_loss, clipped_value_loss, gae, last_token_rewards
 
@@ -134,13 +135,26 @@ def test_an_online_method_registered_in_tests_trains(tmp_path, embedded):
     assert set(ONLINE_METRICS) <= set(history[0])  # the loop logs them for any online method
 
 
-def test_ppo_first_minibatch_has_ratio_one_and_zero_kl(tmp_path, embedded):
-    record = harness.train(load_config(None, quick_overrides(tmp_path, **{"method.name": "ppo", **FAST,
-                                                                          "train.log_steps": 1, "eval.num_prompts": 0})))
+@pytest.mark.parametrize("precision", ["none", "bf16"])
+def test_ppo_first_minibatch_has_ratio_one_and_zero_kl(tmp_path, embedded, precision):
+    """Dropout off and old log-probs from the same weights: nothing is clipped and the ratio is 1. Under bf16
+    autocast (on CPU here, as on a GPU) too: sampling, the old policy's and the frozen reference's log-probs
+    and the training forward all compute under the same autocast from the same fp32 weights, so KL at step 0
+    and the ratio stay within 1e-6 of 0 and 1 (measured: exactly); a reference or old-policy pass outside the
+    autocast is off by the bf16 rounding of ~1e-2 nats per sequence."""
+    # its own process: accelerate's state (the autocast with it) is fixed once per process
+    result = run_cli("train", *quick_overrides(tmp_path, **{"method.name": "ppo", **FAST, "train.log_steps": 1,
+                                                             "eval.num_prompts": 0, "model.mixed_precision": precision}))
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = RunRecord.read(tmp_path / "run")
     first = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][0]
     assert record.status == "completed"
-    # dropout off and old log-probs from the same weights: nothing is clipped and the ratio is exactly 1
-    assert first["policy/approxkl"] == 0.0 and first["policy/clipfrac"] == 0.0 and first["rollout/kl"] == 0.0
+    assert first["policy/approxkl"] == pytest.approx(0.0, abs=1e-12) and first["policy/clipfrac"] == 0.0
+    assert first["policy/ratio"] == pytest.approx(1.0, abs=1e-6)
+    assert first["rollout/kl"] == pytest.approx(0.0, abs=1e-6)
+    autocast = {"none": "no autocast", "bf16": "bfloat16 autocast"}[precision]
+    for part in ("training", "generation", "old log-probs", "reference log-probs", "evaluation"):
+        assert record.precision[part] == f"float32 weights, {autocast}", part
 
 
 def test_killed_ppo_run_resumes_to_the_same_weights(tmp_path, embedded):

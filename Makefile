@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test install results clean
+.PHONY: run test install results gpu-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -28,6 +28,10 @@ test: install
 # Every leaderboard and report under results/ regenerated from the committed records (no training).
 results: install
 	for dir in results/*/; do WANDB_MODE=disabled $(BIN)/harness report $$dir > /dev/null || exit 1; done
+
+# The checks a GPU run must pass (benchmarks/gpu_check.py); says so and exits 0 where no CUDA device is present.
+gpu-check: install
+	HF_HUB_OFFLINE=1 WANDB_MODE=disabled $(BIN)/python benchmarks/gpu_check.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) outputs

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 
-def run(device: str, tiny: bool, steps: int, lora: bool, batch: int, length: int) -> dict:
+def run(device: str, tiny: bool, steps: int, lora: bool, batch: int, length: int, bf16: bool | None = None) -> dict:
+    """One DPO run; `bf16`: autocast (default: where CUDA supports it; True on CPU for a dry run)."""
     import torch
     from accelerate import Accelerator
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -32,7 +33,7 @@ def run(device: str, tiny: bool, steps: int, lora: bool, batch: int, length: int
     shape = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, vocab_size=1000) if tiny \
         else dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12, vocab_size=32000)
     cuda = device == "cuda"
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = cuda and torch.cuda.is_bf16_supported() if bf16 is None else bf16
     dtype = weights_dtype("auto", bf16, trained=not lora)  # what model.dtype=auto picks for the policy
     model = LlamaForCausalLM(LlamaConfig(**shape, max_position_embeddings=length)).to(device=device, dtype=dtype)
     model = add_lora(model, ModelConfig(lora=LoraConfig(r=16 if lora else 0, alpha=32)))
@@ -41,8 +42,9 @@ def run(device: str, tiny: bool, steps: int, lora: bool, batch: int, length: int
     examples = [[(prompt, torch.randint(3, vocab, (half,)).tolist(), CHOSEN),
                  (prompt, torch.randint(3, vocab, (half,)).tolist(), REJECTED)]
                 for prompt in (torch.randint(3, vocab, (half,)).tolist() for _ in range(batch * steps))]
-    reference = sequence_logps_of(model, examples, pad_token_id=0, batch_size=batch)
     accelerator = Accelerator(cpu=not cuda, mixed_precision="bf16" if bf16 else "no")
+    with accelerator.autocast():  # the reference pass under the training forward's precision (harness/precision.py)
+        reference = sequence_logps_of(model, examples, pad_token_id=0, batch_size=batch)
     cfg = TrainConfig(max_steps=steps, batch_size=batch, learning_rate=5e-7 if not lora else 5e-6, save_steps=0,
                       log_steps=steps, warmup_ratio=0.0, lr_scheduler="constant")
     if cuda:

@@ -44,6 +44,9 @@ def write_spec(tmp_path: Path, **fields) -> Path:
     ({"grid": {"method.beta": []}}, "has no values"),
     ({"resources": {"cpu": 64}}, "resources.cpu"),
     ({"resources": {"cpu": 1, "gpu": 1}}, "resources.gpu"),
+    ({"resources": {"cpu": 1, "workers": 64}}, "per worker x 64 workers"),
+    ({"resources": {"cpu": 1, "workers": 2, "accelerate_config": "nope.yaml"}}, "resources.accelerate_config nope.yaml"),
+    ({"resources": {"cpu": 1, "workers": 0}}, "resources.workers"),
     ({"grid": {"method.gamma": [1.0]}}, "gamma"),
     ({"gird": {"method.beta": [0.1]}}, "gird"),
 ])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 import traceback
 import warnings
@@ -87,8 +88,6 @@ def _distributed(accelerator, cfg: RunConfig, launch: dict | None) -> dict:
     """How the run's processes were laid out: accelerate's strategy as it runs (NO, MULTI_CPU, MULTI_GPU, FSDP,
     DEEPSPEED), the world size and global batch, and the launch (a Ray Train trial's workers and accelerate
     config, else what started the processes)."""
-    import os
-
     world = accelerator.num_processes
     launcher = "accelerate launch / torchrun" if world > 1 or "LOCAL_RANK" in os.environ else "single process"
     return {"strategy": str(accelerator.distributed_type).removeprefix("DistributedType."), "world_size": world,
@@ -102,7 +101,7 @@ def _precision_record(ctx: RunContext, policy, online: bool) -> dict:
         computes = computes_in(policy)
     parts = ["training", "evaluation"] + (["generation", "old log-probs", "reference log-probs"] if online else
                                           ["reference log-probs"] if ctx.method.reference == "frozen" else [])
-    return {"policy": ctx.cfg.model.mixed_precision, "autocast": "bf16" if ctx.precision.autocast else "none",
+    return {"setting": ctx.cfg.model.mixed_precision, "autocast": "bf16" if ctx.precision.autocast else "none",
             **{part: computes for part in parts}}
 
 

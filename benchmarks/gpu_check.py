@@ -8,8 +8,9 @@
 2. A short DPO and a short PPO trial through `harness.train` on the embedded task (its models are built
    here, from a seed), on the GPU in bf16 autocast with fp32 master weights: the record states that precision
    for every part, PPO's KL at step 0 is 0 and its first ratio 1 (within 1e-3: one precision policy for
-   sampling, old and reference log-probs and training), and DPO's first loss is log 2 (its policy equals its
-   reference at step 0). Tokens/s and peak memory of each.
+   sampling, old and reference log-probs and training), and DPO's first loss is log 2 within 5e-3 (its
+   policy equals its reference at step 0; bf16 rounds differently padded batches differently); `harness eval` of the saved DPO model reproduces its train-time eval (1e-6: it
+   reloads the fp32 weights and evaluates under the same autocast). Tokens/s and peak memory of each.
 3. With two or more GPUs: the DPO trial on 2 processes (`accelerate launch --multi_gpu`), world size 2 in its
    record. Skipped, and said so, on one GPU.
 Where no CUDA device is present it says so and exits 0. Any failed check exits 1 after printing them all.
@@ -29,6 +30,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-3
+DPO_TOLERANCE = 5e-3
 
 
 def _report(name: str, ok: bool, detail: str, failures: list[str]) -> None:
@@ -44,7 +46,7 @@ def _trial(method: str, out: Path, dry_run: bool, steps: int) -> dict:
 
     overrides = {"output_dir": str(out), "method": {"name": method}, "wandb": {"mode": "disabled"},
                  "model": {"device": "cpu" if dry_run else "cuda", "mixed_precision": "bf16" if dry_run else "auto"},
-                 "train": {"max_steps": steps, "log_steps": 1, "save_steps": 0, "save_model": False},
+                 "train": {"max_steps": steps, "log_steps": 1, "save_steps": 0, "save_model": method == "dpo"},
                  "eval": {"num_prompts": 16}, "online": {"proxy_steps": 50, "prompts_per_rollout": 8,
                                                          "max_new_tokens": 12}}
     if torch.cuda.is_available():
@@ -92,7 +94,7 @@ def main() -> int:
             got = _trial(method, Path(tmp) / method, args.dry_run, steps)
             record, first, m = got["record"], got["first"], got["record"].metrics
             peak = f", peak {got['peak_GiB']:.2f} GiB" if got["peak_GiB"] is not None else ""
-            parts = {k: v for k, v in record.precision.items() if k not in ("policy", "autocast")}
+            parts = {k: v for k, v in record.precision.items() if k not in ("setting", "autocast")}
             one_policy = record.precision["autocast"] == "bf16" and len(set(parts.values())) == 1 \
                 and all(v.startswith("float32 weights") for v in parts.values())
             _report(f"{method} precision", one_policy, json.dumps(record.precision), failures)
@@ -105,8 +107,17 @@ def main() -> int:
                 _report("ppo step 0", abs(kl) <= TOLERANCE and abs(ratio - 1) <= TOLERANCE,
                         f"KL {kl:.2e} (want 0 +- {TOLERANCE:g}), ratio {ratio:.6f} (want 1 +- {TOLERANCE:g})", failures)
             else:
-                _report("dpo step 0", abs(first["loss"] - math.log(2)) <= TOLERANCE,
-                        f"loss {first['loss']:.6f} (want log 2 = {math.log(2):.6f} +- {TOLERANCE:g})", failures)
+                # bf16 rounds a summed log-prob differently for a differently padded batch (the reference pass
+                # groups rows by length, training pads to the batch's longest): ~1e-2 nats, x beta / 2 in the loss
+                _report("dpo step 0", abs(first["loss"] - math.log(2)) <= DPO_TOLERANCE,
+                        f"loss {first['loss']:.6f} (want log 2 = {math.log(2):.6f} +- {DPO_TOLERANCE:g})", failures)
+                from app.pipeline import evaluate_saved
+
+                again = evaluate_saved(Path(tmp) / method).metrics
+                keys = ("win_rate", "gold_reward", "kl_to_sft", "mean_length", "heldout_pref_accuracy")
+                moved = {k: (m[k], again[k]) for k in keys if abs(m[k] - again[k]) > 1e-6}
+                _report("dpo re-eval", not moved, f"harness eval reproduces {', '.join(keys)}" if not moved
+                        else f"moved: {moved}", failures)
         if gpus >= 2:
             out = Path(tmp) / "dpo-2gpu"
             command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

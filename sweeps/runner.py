@@ -49,7 +49,7 @@ def run_trial(params: dict[str, Any]) -> None:
         out.mkdir(parents=True, exist_ok=True)
         with (out / "attempts.jsonl").open("a") as handle:
             handle.write(json.dumps({"started": time.time(), "pid": os.getpid()}) + "\n")
-        resources = Resources(**params["resources"])
+        resources = Resources(**params.get("resources", {}))  # absent in a sweep started before workers existed
         if resources.workers > 1:
             train_on_workers(params, resources)
             record = RunRecord.read(done)
@@ -183,7 +183,9 @@ def _fit(spec: SweepSpec, trials: list[dict], root: Path, experiment: str, as_ru
     trainable = tune.with_resources(run_trial, {"cpu": res.cpu, "gpu": res.gpu} if res.workers == 1 else {"memory": 2**20})
     concurrent = spec.max_concurrent
     if res.workers > 1:
-        fits = int(ray.cluster_resources().get("CPU", 1) // (res.cpu * res.workers))
+        available = ray.cluster_resources()
+        fits = int(min(available.get("CPU", 1) // (res.cpu * res.workers),
+                       available.get("GPU", 0) // (res.gpu * res.workers) if res.gpu else float("inf")))
         concurrent = max(1, min(concurrent or fits, fits))
     path = str(root / experiment)
     if resume and tune.Tuner.can_restore(path):

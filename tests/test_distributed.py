@@ -88,7 +88,8 @@ def test_kto_reference_point_is_gathered_over_processes(tmp_path, embedded):
     assert two["metrics"]["global_batch_size"] == one["metrics"]["global_batch_size"] == 8
     a, b = _history(tmp_path / "two"), _history(tmp_path / "one")
     # step 1 trains at the warmup's learning rate 0, so step 2 still sees the SFT weights; from step 3 it moved
-    assert all(abs(row["kl_unclamped"]) > 0.1 for row in b[2:]), [row["kl_unclamped"] for row in b]
+    # (by 1e-2 to 2e-1 nats, depending on the SFT model this CPU type builds: each is 500x the tolerance below)
+    assert all(abs(row["kl_unclamped"]) > 5e-3 for row in b[2:]), [row["kl_unclamped"] for row in b]
     for x, y in zip(a, b):
         # a mean of differences of summed log-probs (~50 nats, float32 ulp ~4e-6): cancellation leaves ~1e-6 of
         # absolute noise; a per-process mean is off by the rows' spread (~1e-2).

@@ -1,6 +1,8 @@
 """`make gpu-check` (benchmarks/gpu_check.py): on this CPU-only machine it says so and exits 0, and its dry
 run takes every check's code path on CPU under bf16 autocast, so the script a GPU machine runs is not run
-for the first time there."""
+for the first time there. The dry run is also the CPU test of the precision policy's end-to-end promises
+under bf16 autocast: DPO's first loss is log 2, PPO's step-0 KL is 0 and its ratio 1, and `harness eval`
+of the saved model reproduces the train-time eval (each check prints what it measured)."""
 
 import subprocess
 import sys
@@ -24,7 +26,7 @@ def test_the_dry_run_passes_every_check_on_cpu_under_bf16_autocast(embedded):
     result = subprocess.run([sys.executable, SCRIPT, "--dry-run"], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    for check in ("gpu_smoke full", "gpu_smoke LoRA r=16", "dpo precision", "dpo trial", "dpo step 0",
+    for check in ("gpu_smoke full", "gpu_smoke LoRA r=16", "dpo precision", "dpo trial", "dpo step 0", "dpo re-eval",
                   "ppo precision", "ppo trial", "ppo step 0"):
         assert any(line.startswith(f"ok   {check}:") for line in lines), (check, result.stdout)
     assert "skip dpo on 2 GPUs" in result.stdout and "all checks passed" in lines[-1]

@@ -179,9 +179,10 @@ TIMING = {"wall_time_s", "train_time_s", "tokens_per_s"}
 
 
 def _comparable(metrics: dict) -> dict:
-    """Metrics that say what a run computed, not how long it took or what an earlier run left in the cache."""
+    """Metrics that say what a run computed, not how long it took, what an earlier run left in the cache or
+    from which checkpoint it resumed."""
     return {k: v for k, v in metrics.items() if k not in TIMING and not k.endswith("cache_hit")
-            and k != "reference_sequences_computed"}
+            and k not in ("reference_sequences_computed", "resumed_from_step")}
 
 
 def _train_command(out: Path, *extra: str) -> list[str]:
@@ -210,6 +211,7 @@ def test_a_killed_run_resumes_to_the_same_metrics(tmp_path, embedded):
     want = _comparable(json.loads((tmp_path / "straight" / "record.json").read_text())["metrics"])
     got = _comparable(json.loads((out / "record.json").read_text())["metrics"])
     assert got == want, {k: (want[k], got.get(k)) for k in want if want[k] != got.get(k)}
+    assert json.loads((out / "record.json").read_text())["metrics"]["resumed_from_step"] == state["step"]
 
 
 def test_a_second_run_on_the_same_output_dir_refuses(tmp_path, embedded):

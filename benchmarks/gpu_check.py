@@ -47,7 +47,7 @@ def _trial(method: str, out: Path, dry_run: bool, steps: int) -> dict:
     overrides = {"output_dir": str(out), "method": {"name": method}, "wandb": {"mode": "disabled"},
                  "model": {"device": "cpu" if dry_run else "cuda", "mixed_precision": "bf16" if dry_run else "auto"},
                  "train": {"max_steps": steps, "log_steps": 1, "save_steps": 0, "save_model": method == "dpo"},
-                 "eval": {"num_prompts": 16}, "online": {"proxy_steps": 50, "prompts_per_rollout": 8,
+                 "eval": {"num_prompts": 8 if dry_run else 64}, "online": {"proxy_steps": 50, "prompts_per_rollout": 8,
                                                          "max_new_tokens": 12}}
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()

@@ -62,6 +62,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dry-run", action="store_true", help="run the checks on CPU (bf16 autocast, tiny sizes)")
     parser.add_argument("--steps", type=int, default=20, help="optimizer steps of each trial")
+    parser.add_argument("--methods", default="dpo,ppo", help="the trials to run (default both)")
     args = parser.parse_args()
     import torch
 
@@ -90,7 +91,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         steps = 4 if args.dry_run else args.steps
-        for method in ("dpo", "ppo"):
+        for method in args.methods.split(","):
             got = _trial(method, Path(tmp) / method, args.dry_run, steps)
             record, first, m = got["record"], got["first"], got["record"].metrics
             peak = f", peak {got['peak_GiB']:.2f} GiB" if got["peak_GiB"] is not None else ""

@@ -1,8 +1,8 @@
 """`make gpu-check` (benchmarks/gpu_check.py): on this CPU-only machine it says so and exits 0, and its dry
 run takes every check's code path on CPU under bf16 autocast, so the script a GPU machine runs is not run
 for the first time there. The dry run is also the CPU test of the precision policy's end-to-end promises
-under bf16 autocast: DPO's first loss is log 2, PPO's step-0 KL is 0 and its ratio 1, and `harness eval`
-of the saved model reproduces the train-time eval (each check prints what it measured)."""
+under bf16 autocast: DPO's first loss is log 2 and `harness eval` of the saved model reproduces the
+train-time eval (each check prints what it measured); PPO's step-0 checks are tests/test_online.py's."""
 
 import subprocess
 import sys
@@ -23,11 +23,12 @@ def test_without_a_gpu_it_says_so_and_exits_0():
 
 
 def test_the_dry_run_passes_every_check_on_cpu_under_bf16_autocast(embedded):
-    result = subprocess.run([sys.executable, SCRIPT, "--dry-run"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    # DPO only: PPO's step-0 checks under bf16 autocast run in tests/test_online.py (CI's time budget)
+    result = subprocess.run([sys.executable, SCRIPT, "--dry-run", "--methods", "dpo"], capture_output=True, text=True,
+                            cwd=REPO, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     lines = result.stdout.splitlines()
-    for check in ("gpu_smoke full", "gpu_smoke LoRA r=16", "dpo precision", "dpo trial", "dpo step 0", "dpo re-eval",
-                  "ppo precision", "ppo trial", "ppo step 0"):
+    for check in ("gpu_smoke full", "gpu_smoke LoRA r=16", "dpo precision", "dpo trial", "dpo step 0", "dpo re-eval"):
         assert any(line.startswith(f"ok   {check}:") for line in lines), (check, result.stdout)
     assert "skip dpo on 2 GPUs" in result.stdout and "all checks passed" in lines[-1]
     assert '"training": "float32 weights, bfloat16 autocast"' in result.stdout

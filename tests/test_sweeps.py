@@ -110,7 +110,7 @@ def test_sweep_prepares_once_logs_to_wandb_and_writes_a_leaderboard(tmp_path, em
 
 def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, embedded):
     path = write_spec(tmp_path, name="killed", base={**TINY, "train": {"max_steps": 20, "save_steps": 5}},
-                      grid={"method.beta": [0.1, 0.2, 0.3]}, resources={"cpu": 2}, max_concurrent=1)
+                      grid={"method.beta": [0.1, 0.2]}, resources={"cpu": 2}, max_concurrent=1)
     root = tmp_path / "sweeps" / "killed"
     driver = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(path)], cwd=REPO, start_new_session=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -125,7 +125,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, embedd
     kill_session(driver.pid)
     driver.wait()
     done_before = {p.parent.name for p in root.glob("runs/*/record.json") if json.loads(p.read_text())["status"] == "completed"}
-    assert 0 < len(done_before) < 3
+    assert len(done_before) == 1  # one finished, the other killed mid-run
 
     result = run_cli("sweep", str(path), "--resume")
     assert result.returncode == 0, result.stderr[-3000:]

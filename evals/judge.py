@@ -155,6 +155,9 @@ def train_bt_judge(base_path: str, pairs: list[dict], out: Path, *, steps: int =
     state = train_loop(model, step_loss, loader, optimizer, schedule, max_steps=steps, max_grad_norm=1.0, log_steps=50,
                        desc="judge (Bradley-Terry)")
     model.eval()
+    # This process's own model, whatever its rank in a launch: transformers 5's save_pretrained writes nothing
+    # on a rank other than 0 once torch.distributed is initialised, which left an empty cache entry.
+    model.should_save_on_this_rank = lambda is_main_process: True
     model.save_pretrained(out)  # safetensors
     tokenizer.save_pretrained(out)
     return state.tokens

@@ -130,6 +130,7 @@ def _build(cfg: TaskConfig, out: Path) -> None:
     with build_threads():
         model = build_base_model(tokenizer, cfg.seed)
         state = train_sft(model, tokenizer, sft_rows, cfg.sft_steps, cfg.seed)
+    model.should_save_on_this_rank = lambda is_main_process: True  # built by any rank of a launch (evals/judge.py)
     model.save_pretrained(out / "sft")  # safetensors
     tokenizer.save_pretrained(out / "sft")
     (out / "sft_log.json").write_text(json.dumps({"first_loss": state.first_loss, "final_loss": state.history[-1]["loss"],

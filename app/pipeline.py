@@ -76,9 +76,14 @@ def _trained_dtype(model) -> str:
 
 def _make_accelerator(cfg: RunConfig, precision: Precision):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration
 
     device = pick_device(cfg.model.device)
+    # accelerate keeps one AcceleratorState per process and refuses a second precision setting; harness.train
+    # may run several times in one process (a notebook, a test session) with different ones, so each run sets
+    # it afresh (its own-launch state, the process group, is PartialState's and is kept).
+    AcceleratorState._reset_state()
     return Accelerator(cpu=device.type == "cpu", mixed_precision=precision.mixed_precision,
                        gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=cfg.train.seed))

@@ -115,6 +115,11 @@ def test_default_precision_keeps_fp32_master_weights_so_small_steps_train():
 
 
 def test_record_states_the_precision(tmp_path, embedded):
+    """Also after another Accelerator in the same process asked for bf16 (as TRL's trainers do by default):
+    accelerate's per-process state would otherwise refuse the run's own setting."""
+    from accelerate import Accelerator
+
+    Accelerator(cpu=True, mixed_precision="bf16")
     record = harness.train(load_config(None, quick_overrides(tmp_path, **{"train.max_steps": 1, "eval.num_prompts": 0})))
     assert record.metrics["precision"] == "float32 weights, no autocast"  # CPU: fp32, no autocast
 

@@ -118,7 +118,9 @@ def test_record_states_the_precision(tmp_path, embedded):
     """Also after another Accelerator in the same process asked for bf16 (as TRL's trainers do by default):
     accelerate's per-process state would otherwise refuse the run's own setting."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    AcceleratorState._reset_state()  # whatever an earlier test left
     Accelerator(cpu=True, mixed_precision="bf16")
     record = harness.train(load_config(None, quick_overrides(tmp_path, **{"train.max_steps": 1, "eval.num_prompts": 0})))
     assert record.metrics["precision"] == "float32 weights, no autocast"  # CPU: fp32, no autocast

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
 import traceback
@@ -22,7 +21,7 @@ from evals.aggregate import prompt_cluster_ids
 from evals.evaluate import (decode_completions, evaluate, judge_agreement, preference_accuracy, preference_ceiling,
                             sft_side)
 from evals.judge import proxy_reward_model
-from harness.cache import RowCache, key_of
+from harness.cache import key_of
 from harness.config import RunConfig, apply_overrides, build_config
 from harness.data import prepare_examples
 from harness.errors import BadInput
@@ -39,35 +38,6 @@ from .context import RunContext
 
 VAL_METRICS = ("win_rate", "win_rate_low", "win_rate_high", "gold_win_rate", "gold_reward", "kl_to_sft", "kl_to_sft_se",
                "num_prompts")
-
-
-def cached_reference(reference: Reference, prepared, pad_token_id: int, cache_dir: str,
-                     needed: list[int] | None = None, precision: Precision | None = None) -> tuple[list[list[float]], int]:
-    """Reference log-probs of the training sequences of the examples `needed` (None: every example), from
-    the per-sequence cache (RowCache: keyed by the SFT weights, how they compute (dtype, autocast) and the
-    torch version, then by each sequence's token ids); the missing ones are computed now, in one length-sorted
-    pass, under the run's precision (as training computes the policy's). Examples not needed get NaN
-    (train_policy refuses a batch holding one). Returns the values and how many sequences were computed now."""
-    autocast = precision.context if precision is not None else contextlib.nullcontext
-    with autocast():
-        computes = computes_in(reference.model, adapter_off=reference.adapter_off)
-    cache = RowCache(cache_dir, "reference-logps", key_of("reference-logps", reference.fingerprint, computes, torch.__version__))
-    needed = list(range(len(prepared.examples))) if needed is None else needed
-    rows = [(prompt, completion) for i in needed for prompt, completion, _ in prepared.examples[i]]
-
-    def compute(missing: list[int]) -> list[float]:
-        as_examples = [[(*rows[i], 0)] for i in missing]
-        with autocast():
-            values = reference.sequence_logps(as_examples, pad_token_id, desc="reference log-probs")
-        return [v for vs in values for v in vs]
-
-    flat, computed = cache.fill(rows, compute)
-    values = [[math.nan] * len(example) for example in prepared.examples]
-    position = 0
-    for i in needed:
-        values[i] = flat[position: position + len(values[i])]
-        position += len(values[i])
-    return values, computed
 
 
 def _trained_dtype(model) -> str:
@@ -195,9 +165,8 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
             reference = None
             if method.reference == "frozen":  # the other variants need no SFT log-probs to train
                 needed = consumed_examples(prepared.examples, cfg.train, accelerator.num_processes)
-                reference, reference_computed = cached_reference(Reference.untrained(model, ctx.sft_fingerprint),
-                                                                 prepared, tokenizer.pad_token_id, cfg.cache_dir, needed,
-                                                                 ctx.precision)
+                reference, reference_computed = Reference.untrained(model, ctx.sft_fingerprint).cached_sequence_logps(
+                    prepared.examples, tokenizer.pad_token_id, cfg.cache_dir, needed, ctx.precision)
                 reference_hit = reference_computed == 0
                 used = range(len(prepared.examples)) if needed is None else needed
                 # its cost, whether this run or an earlier one paid it
@@ -274,8 +243,8 @@ def prepare(config: RunConfig | dict) -> dict[str, Any]:
                                                                       cfg.cache_dir, cfg.online.proxy_steps)[1]
     elif ctx.method.reference == "frozen":
         prepared = prepare_examples(task.rows, ctx.formatter, ctx.method.consumes, cfg.data.seed)
-        done["reference_cache_hit"] = cached_reference(sft, prepared, ctx.tokenizer.pad_token_id, cfg.cache_dir,
-                                                       precision=ctx.precision)[1] == 0
+        done["reference_cache_hit"] = sft.cached_sequence_logps(prepared.examples, ctx.tokenizer.pad_token_id,
+                                                                cfg.cache_dir, precision=ctx.precision)[1] == 0
     for split, prompts in (("eval", task.eval_prompts), ("val", task.val_prompts)):
         if prompts and ctx.scorers:
             with autocast():  # as the trials' evaluation computes it
@@ -307,16 +276,20 @@ def _evaluate_run(ctx: RunContext, policy, output_dir: Path) -> tuple[dict, dict
         metrics.update({f"val_{k}": v for k, v in val.items() if k in VAL_METRICS})
     if task.heldout_pairs:
         heldout = prepare_examples(task.heldout_pairs, ctx.formatter, {PAIRS})
-        metrics.update(preference_accuracy(ctx.method, policy, sft, heldout.examples, ctx.tokenizer.pad_token_id,
+        sft_logps, _ = sft.cached_sequence_logps(heldout.examples, ctx.tokenizer.pad_token_id, cfg.cache_dir,
+                                                 precision=ctx.precision)  # the same for every run: computed once
+        metrics.update(preference_accuracy(ctx.method, policy, sft_logps, heldout.examples, ctx.tokenizer.pad_token_id,
                                            cfg.eval.batch_size))
         metrics["heldout_pairs"] = len(heldout.examples)
         gold = scorers.get("gold")
         if gold is not None:
             metrics["heldout_pref_ceiling"] = preference_ceiling(gold, task.heldout_pairs)
             if scorers["judge"] is not gold:
-                metrics["judge_agreement_heldout"] = judge_agreement(scorers["judge"], gold, task.heldout_pairs)
+                metrics["judge_agreement_heldout"] = judge_agreement(scorers["judge"], gold, task.heldout_pairs,
+                                                                     cfg.cache_dir)
             if "proxy" in scorers:  # how good a stand-in for gold the reward model the method optimised is
-                metrics["proxy_agreement_heldout"] = judge_agreement(scorers["proxy"], gold, task.heldout_pairs)
+                metrics["proxy_agreement_heldout"] = judge_agreement(scorers["proxy"], gold, task.heldout_pairs,
+                                                                     cfg.cache_dir)
     clusters = {split: prompt_cluster_ids(prompts) for split, prompts in (("test", task.eval_prompts), ("val", task.val_prompts))
                 if split in outcomes}
     return metrics, outcomes, clusters, examples

@@ -78,9 +78,9 @@ def _summary_rows(record) -> list[tuple[str, str]]:
 def cmd_train(args) -> int:
     from harness.config import load_config
 
+    cfg = load_config(args.config, args.overrides)  # bad config answers before the pipeline (torch) loads
     from app import pipeline
 
-    cfg = load_config(args.config, args.overrides)
     record = pipeline.train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:  # under a multi-process launch, one summary, from the main process
         _table(f"run {record.trial_id}", _summary_rows(record))

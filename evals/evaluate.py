@@ -208,15 +208,17 @@ def evaluate(policy, sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfi
     return metrics
 
 
-def preference_accuracy(method, policy, sft: Reference, examples, pad_token_id: int, batch_size: int = 64) -> dict[str, float]:
+def preference_accuracy(method, policy, sft_logps: list[list[float]], examples, pad_token_id: int,
+                        batch_size: int = 64) -> dict[str, float]:
     """Share of held-out pairs whose chosen response gets the higher implicit reward of `method` (its own
     definition: log-ratio to the SFT model, or average log-prob for reference-free methods; ties count one
-    half), for the policy and, under the same definition, for the untrained SFT model: the gain is what
-    training added (a log-ratio scores exactly 0.5 at SFT, an average log-prob does not)."""
+    half), for the policy and, under the same definition, for the untrained SFT model (`sft_logps`, its
+    log-probs of the same examples: Reference.cached_sequence_logps): the gain is what training added (a
+    log-ratio scores exactly 0.5 at SFT, an average log-prob does not)."""
     import torch
 
     policy_side = torch.tensor(sequence_logps_of(policy, examples, pad_token_id, batch_size, "held-out: policy"))
-    sft_side = torch.tensor(sft.sequence_logps(examples, pad_token_id, batch_size, "held-out: SFT"))
+    sft_side = torch.tensor(sft_logps)
     tokens = torch.tensor([[len(c) for _, c, _ in example] for example in examples], dtype=torch.float64)
     reference = None if method.reference_free else sft_side.double()
     policy_rewards = method.implicit_reward(policy_side.double(), reference, tokens)
@@ -234,10 +236,23 @@ def preference_ceiling(gold: Scorer, pairs: list[dict]) -> float:
     return _ordered_share(gold.score(prompts, [r["chosen"] for r in pairs]), gold.score(prompts, [r["rejected"] for r in pairs]))
 
 
-def judge_agreement(judge: Scorer, gold: Scorer, pairs: list[dict]) -> float:
-    """Share of held-out pairs (with a gold preference) that the judge orders as the gold reward does."""
+def judge_agreement(judge: Scorer, gold: Scorer, pairs: list[dict], cache_dir: str | None = None) -> float:
+    """Share of held-out pairs (with a gold preference) that the judge orders as the gold reward does. A fact
+    about the two scorers and the pairs, not about a run: with `cache_dir` it is computed once and stored,
+    keyed by both fingerprints, the pairs and how the judge computes here (its dtype and autocast)."""
     from .judge import agreement_with
 
-    prompts = [r["prompt"] for r in pairs]
-    a, b = [r["chosen"] for r in pairs], [r["rejected"] for r in pairs]
-    return agreement_with(judge.score(prompts, a), judge.score(prompts, b), gold.score(prompts, a), gold.score(prompts, b))
+    def compute() -> float:
+        prompts = [r["prompt"] for r in pairs]
+        a, b = [r["chosen"] for r in pairs], [r["rejected"] for r in pairs]
+        return agreement_with(judge.score(prompts, a), judge.score(prompts, b), gold.score(prompts, a),
+                              gold.score(prompts, b))
+
+    if cache_dir is None:
+        return compute()
+    model = getattr(judge, "model", None)
+    key = key_of("judge-agreement", judge.fingerprint, gold.fingerprint, pairs,
+                 computes_in(model) if model is not None else None)
+    folder, _ = cached_dir(cache_dir, "judge-agreement", key,
+                           lambda out: (out / "agreement.json").write_text(json.dumps(compute())))
+    return json.loads((folder / "agreement.json").read_text())

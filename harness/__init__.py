@@ -3,13 +3,17 @@ the embedded task. It imports nothing above it (methods, evals, sweeps, app); `h
 application layer's entry point, re-exported here lazily because DESIGN.md names it so."""
 
 from .errors import BadInput
-from .logps import SequenceLogps
 
 __version__ = "0.1.0"
 
 
 def __getattr__(name):
-    # Heavy imports (transformers, accelerate) only when the pipeline is used, so `harness methods` is quick.
+    # Heavy imports (torch, transformers, accelerate) only when they are used, so a command that stops at bad
+    # input (a spec, a config, a records folder) answers before torch is loaded.
+    if name == "SequenceLogps":
+        from .logps import SequenceLogps
+
+        return SequenceLogps
     if name == "train":
         from app.pipeline import train
 

@@ -130,7 +130,6 @@ def test_reference_logps_are_computed_for_the_rows_a_run_draws_and_kept_per_row(
     """A run shorter than an epoch computes reference log-probs for the rows it draws only; a later run
     (another seed) computes only the rows no earlier run did; every value equals a from-scratch pass."""
     import methods
-    from app.pipeline import cached_reference
     from harness.config import TrainConfig
     from harness.data import Formatter, prepare_examples
     from harness.embedded.build import build_tokenizer
@@ -148,12 +147,12 @@ def test_reference_logps_are_computed_for_the_rows_a_run_draws_and_kept_per_row(
     assert len(first) == len(second) == 24 and first != second
     assert consumed_examples(prepared.examples, TrainConfig(max_steps=25, batch_size=8), num_processes=1) is None
 
-    values, computed = cached_reference(reference, prepared, tokenizer.pad_token_id, cache, first)
+    values, computed = reference.cached_sequence_logps(prepared.examples, tokenizer.pad_token_id, cache, first)
     assert computed == 2 * 24 and all(math.isnan(v) for i in set(range(200)) - set(first) for v in values[i])
     new_rows = {(tuple(p), tuple(c)) for i in set(second) - set(first) for p, c, _ in prepared.examples[i]}
-    again, computed = cached_reference(reference, prepared, tokenizer.pad_token_id, cache, second)
+    again, computed = reference.cached_sequence_logps(prepared.examples, tokenizer.pad_token_id, cache, second)
     assert computed == len(new_rows) < 2 * 24  # the overlap came from the cache
-    whole, computed = cached_reference(reference, prepared, tokenizer.pad_token_id, cache)
+    whole, computed = reference.cached_sequence_logps(prepared.examples, tokenizer.pad_token_id, cache)
     assert computed == 2 * 200 - 2 * len(set(first) | set(second))
     # from scratch, each sequence alone, in one fresh pass: the values do not depend on which rows shared a batch
     alone = sequence_logps_of(reference.model, [[seq] for ex in prepared.examples for seq in ex], tokenizer.pad_token_id)

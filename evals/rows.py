@@ -115,8 +115,8 @@ def configuration_table(records: pd.DataFrame) -> pd.DataFrame:
     if done.empty:
         return pd.DataFrame()
     table = pd.DataFrame([configuration_row(runs) for _, runs in done.groupby("configuration", sort=False)])
-    table["grid_edge"] = [grid_edges(selection_runs(records[records["method"] == row.method]), row.configuration)
-                          for row in table.itertuples(index=False)]
+    swept = {method: swept_settings(selection_runs(records[records["method"] == method])) for method in table["method"].unique()}
+    table["grid_edge"] = [grid_edges(swept[row.method], row.configuration) for row in table.itertuples(index=False)]
     if "reward_model_compute_tokens" in table.columns and "reward_model_fingerprint" in done.columns:
         # The proxy reward model is trained once and shared by every run on the same pairs: each run's share.
         sharing = done.groupby("reward_model_fingerprint")["trial"].count()
@@ -141,10 +141,9 @@ def swept_settings(records: pd.DataFrame) -> pd.DataFrame:
     return flat[[c for c in flat.columns if flat[c].astype(str).nunique() > 1]]
 
 
-def grid_edges(records: pd.DataFrame, configuration: str) -> str:
-    """The swept settings (config keys that differ between the method's runs, seed aside) at which
-    `configuration` sits at the smallest or largest value tried: an optimum there is not bracketed."""
-    flat = swept_settings(records)
+def grid_edges(flat: pd.DataFrame, configuration: str) -> str:
+    """The swept settings (`flat`: swept_settings of the method's runs) at which `configuration` sits at the
+    smallest or largest value tried: an optimum there is not bracketed."""
     chosen = flat.loc[[configuration]].iloc[0]
     edges = []
     for column in flat.columns:

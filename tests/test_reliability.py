@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+import harness
+
 from .conftest import REPO, quick_overrides, run_cli
 
 BAD = REPO / "tests" / "data" / "bad_inputs"
@@ -147,7 +149,6 @@ def test_skip_invalid_skips_counts_and_says_why(tmp_path):
 
 
 def test_a_diverging_run_stops_at_its_first_non_finite_step(tmp_path, embedded):
-    import harness
     from harness.config import load_config
 
     cfg = load_config(None, quick_overrides(tmp_path, **{"train.learning_rate": 1000.0, "train.max_steps": 30,
@@ -192,9 +193,9 @@ def _train_command(out: Path, *extra: str) -> list[str]:
 
 
 def test_a_killed_run_resumes_to_the_same_metrics(tmp_path, embedded):
-    straight = subprocess.run(_train_command(tmp_path / "straight"), capture_output=True, text=True, cwd=REPO,
-                              timeout=900)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    from harness.config import load_config
+
+    harness.train(load_config(None, _train_command(tmp_path / "straight")[4:]))  # uninterrupted, in this process
     out = tmp_path / "killed"
     process = subprocess.Popen(_train_command(out), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -232,7 +233,6 @@ def test_a_second_run_on_the_same_output_dir_refuses(tmp_path, embedded):
 
 
 def test_same_seed_same_config_same_metrics(tmp_path, embedded):
-    import harness
     from harness.config import load_config
 
     records = [harness.train(load_config(None, quick_overrides(tmp_path / name, **{"train.max_steps": 3})))

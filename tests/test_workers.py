@@ -22,7 +22,7 @@ import yaml
 from .conftest import REPO
 from .test_sweeps import kill_session
 
-STEPS = 40  # ~0.15 s a step: a window to kill a worker in after its first checkpoint
+STEPS = 24  # ~0.15 s a step: a window of 20 steps to kill a worker in after its first checkpoint
 COMPARED = ("loss", "rewards/chosen", "rewards/rejected", "margins", "accuracy", "grad_norm", "learning_rate")
 BASE = {"train": {"max_steps": STEPS, "log_steps": 1, "batch_size": 4, "save_steps": 0, "save_model": False},
         "eval": {"num_prompts": 0}, "wandb": {"mode": "disabled"}}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 import traceback
 import warnings
@@ -24,7 +25,7 @@ from evals.judge import proxy_reward_model
 from harness.cache import key_of
 from harness.config import RunConfig, apply_overrides, build_config
 from harness.data import prepare_examples
-from harness.errors import BadInput
+from harness.errors import BadInput, WriteFailed, writing
 from harness.logps import CHOSEN, PAIRS, REJECTED
 from harness.models import add_lora, load_causal_lm, pick_device
 from harness.online import rollout_seed, train_online
@@ -175,8 +176,7 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
                                  cfg.train, output_dir, tracker.log)
         policy = accelerator.unwrap_model(model)
         if cfg.train.save_model and accelerator.is_main_process:
-            policy.save_pretrained(output_dir / "model")
-            tokenizer.save_pretrained(output_dir / "model")
+            _save_model(policy, tokenizer, output_dir / "model")
         world = accelerator.num_processes
         forwarded = state.tokens_forwarded + reference_tokens
         metrics: dict[str, Any] = {
@@ -222,10 +222,40 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
         record.traceback = traceback.format_exc(limit=8)
         raise
     finally:
-        if accelerator.is_main_process:
-            record.write()
-        tracker.finish(failed=record.status != "completed")
+        try:
+            if accelerator.is_main_process:
+                record.tracking = tracker.status
+                _write_record(record)
+        finally:
+            tracker.finish(failed=record.status != "completed")
+            record.tracking = tracker.status  # finishing may have lost W&B too
     return record
+
+
+def _write_record(record: RunRecord) -> None:
+    """The record as the run ends. When that write fails too (a full disk), a run that failed anyway reports its
+    own failure, and the record on disk is the last one written (it says `running`)."""
+    try:
+        record.write()
+    except WriteFailed as failed:
+        if record.status == "completed":
+            raise
+        warnings.warn(f"{failed}; it holds the run's state before it failed", stacklevel=2)
+
+
+def _save_model(policy, tokenizer, target: Path) -> None:
+    """The trained policy, written beside `target` and renamed into place: a write that fails (WriteFailed)
+    leaves `target` as it was."""
+    tmp, old = target.with_name(f".{target.name}-writing"), target.with_name(f".{target.name}-replaced")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    with writing(target, partial=tmp):
+        policy.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def prepare(config: RunConfig | dict) -> dict[str, Any]:

@@ -29,8 +29,8 @@ def report(folders: list[str | Path], wandb: WandbConfig | None = None) -> tuple
         from PIL import Image
 
         table = board.drop(columns=[c for c in board.columns if board[c].map(lambda v: isinstance(v, (list, dict))).any()])
-        tracker.run.log({"leaderboard": wb.Table(dataframe=table.astype(str)),
-                         **{f"figures/{f.name}": wb.Image(Image.open(io.BytesIO(f.png)), caption=f.title) for f in figures}})
-        tracker.run.summary["report_md"], tracker.run.summary["records"] = str(markdown), len(board)
+        tracker.log_objects({"leaderboard": wb.Table(dataframe=table.astype(str)),
+                             **{f"figures/{f.name}": wb.Image(Image.open(io.BytesIO(f.png)), caption=f.title)
+                                for f in figures}}, summary={"report_md": str(markdown), "records": len(board)})
     tracker.finish()
     return markdown, page

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from harness.precision import computes_in
-from harness.cache import cached_dir, key_of
+from harness.cache import cached_dir, key_of, write_text_atomic
 from harness.config import EvalConfig
 from harness.generation import sample
 from harness.logps import CHOSEN
@@ -202,9 +202,9 @@ def evaluate(policy, sft: Reference, tokenizer, prompts: Prompts, cfg: EvalConfi
     metrics["examples"] = example_outputs(repeated, texts, sft_generations, scored, clusters, cfg.seed)
     if output_dir is not None:
         output_dir.mkdir(parents=True, exist_ok=True)
-        with (output_dir / "generations.jsonl").open("w") as handle:
-            for i, text in enumerate(texts):
-                handle.write(json.dumps({"prompt": repeated[i], "policy": text, "sft": sft_generations["texts"][i]}) + "\n")
+        write_text_atomic(output_dir / "generations.jsonl", "".join(
+            json.dumps({"prompt": repeated[i], "policy": text, "sft": sft_generations["texts"][i]}) + "\n"
+            for i, text in enumerate(texts)))
     return metrics
 
 

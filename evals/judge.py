@@ -197,7 +197,7 @@ def embedded_judge(assets, cache_dir: str) -> tuple[str, bool]:
 
     def build(out: Path) -> None:
         with build_threads():
-            train_bt_judge(assets.sft_path, assets.judge_pairs, out)
+            train_bt_judge(assets.sft_path, assets.judge_pairs, out, steps=JUDGE_STEPS)
         judge = RewardModelJudge(str(out), device="cpu")
         held = assets.heldout_pairs
         prompts = [r["prompt"] for r in held]

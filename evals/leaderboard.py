@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.cache import write_text_atomic
+
 from .collapse import THRESHOLDS_TEXT
 from .rows import MEANS, configuration_table, grid_edges  # noqa: F401  (re-exported: the board's building blocks)
 from .selection import Selection, fragile_verdicts, kl_stability, select_best, stored_selection, stored_spec  # noqa: F401
@@ -259,5 +261,5 @@ def write_leaderboard(folder: str | Path, out: str | Path | None = None) -> list
                      + to_markdown(stability_rows(stability))
                      + "".join(f"\n- {line}" for line in fragile_verdicts(stability) or
                                ["No verdict changes over these budgets."]) + "\n")
-    (out / "leaderboard.md").write_text(text)
+    write_text_atomic(out / "leaderboard.md", text)
     return rows

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.cache import write_text_atomic
+
 from .ablation import reference_section
 from .aggregate import seed_prompt_interval
 from .rows import prompt_clusters, test_runs
@@ -610,6 +612,6 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> tu
     (out / FIGURE_DIR).mkdir(exist_ok=True)
     for name, data in files.items():
         (out / FIGURE_DIR / name).write_bytes(data)
-    (out / "report.md").write_text(markdown)
-    (out / "report.html").write_text(page)
+    write_text_atomic(out / "report.md", markdown)
+    write_text_atomic(out / "report.html", page)
     return out / "report.md", out / "report.html", board, figures

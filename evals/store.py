@@ -10,6 +10,8 @@ Record schema versions (`schema_version` in record.json):
        comparison) and `sweep` (the spec the run belongs to, as it ran, and its hash)
     4  adds `examples` (a few test outputs with the SFT model's and their scores), `outcomes.<split>.length_diff`
        (policy-minus-SFT length per prompt) and the length-controlled win rate (`metrics.lc_win_rate*`)
+    5  adds `tracking` (the W&B mode a run logged in, an offline fallback and where) and
+       `dataset.shipped_assets` (whether an embedded-task run used the assets that ship with the harness)
 A record of another version, one that is not JSON, or one missing a field is bad input naming the file.
 """
 
@@ -26,7 +28,7 @@ from harness.record import RECORD_NAME, RECORD_SCHEMA_VERSION, RunRecord
 
 from .aggregate import configuration_key
 
-SCHEMA_VERSIONS = (1, 2, 3, 4)
+SCHEMA_VERSIONS = (1, 2, 3, 4, 5)
 # Fields every version has, that the leaderboard and the report read (the rest may be absent in old records).
 REQUIRED = ("trial_id", "status", "method", "method_params", "seed", "config", "config_hash", "metrics", "output_dir")
 IGNORED_PARAMS = ("gamma_beta_ratio",)  # derived from other parameters, shown once

@@ -137,6 +137,10 @@ class WandbConfig(_Strict):
     project: str = "alignment-harness"
     entity: str | None = None
     group: str | None = None
+    init_timeout: float = Field(30.0, gt=0, description="seconds to wait for the server at the start of a run; "
+                                "past it the run logs offline (upload later with `wandb sync`)")
+    finish_timeout: float = Field(60.0, gt=0, description="seconds to wait for the upload at the end of a run; "
+                                  "what is not uploaded by then stays in the run's local W&B files")
 
 
 def _default_cache_dir() -> str:

@@ -58,12 +58,7 @@ def load_rows(source: str, split: str = "train", subset: str | None = None, cach
         if path.is_file():
             if path.suffix not in FILE_BUILDERS:
                 raise BadInput(f"{path}: unsupported data file type; use one of {', '.join(FILE_BUILDERS)}")
-            if path.suffix != ".parquet":  # text: say plainly if it is not UTF-8 (with the line) or empty
-                lines, problem = _decode_lines(path)
-                if problem:
-                    raise BadInput(problem)
-                if not any(line.strip() for line in lines):
-                    raise BadInput(f"{path}: the file is empty (no rows)")
+            _check_text_file(path)
             try:
                 with _quiet(datasets):
                     dataset = datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train",
@@ -79,7 +74,18 @@ def load_rows(source: str, split: str = "train", subset: str | None = None, cach
                 if isinstance(dataset, datasets.DatasetDict):
                     dataset = _pick_split(dataset, split, str(path))
             else:
-                dataset = datasets.load_dataset(str(path), subset, split=split, cache_dir=cache_dir)
+                try:
+                    with _quiet(datasets):
+                        dataset = datasets.load_dataset(str(path), subset, split=split, cache_dir=cache_dir)
+                except Exception as error:  # one of its files is unreadable: find it, as for a file given alone
+                    files = sorted(p for p in path.rglob("*") if p.suffix in FILE_BUILDERS and p.is_file()
+                                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+                    for file in files:
+                        _check_text_file(file)
+                        if problem := _diagnose(file):
+                            raise BadInput(problem) from None
+                    raise BadInput(f"{path}: cannot read this folder as a dataset ({type(error).__name__}: "
+                                   f"{_first_line(error)})") from None
         elif path.suffix in FILE_BUILDERS or looks_local(source):
             raise BadInput(f"data file not found: {source}")
         else:
@@ -116,6 +122,17 @@ def _decode_lines(path: Path) -> tuple[list[str] | None, str | None]:
         line = data[: error.start].count(b"\n") + 1
         column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
         return None, f"{path}: line {line}: not UTF-8 text (byte 0x{data[error.start]:02x} at column {column})"
+
+
+def _check_text_file(path: Path) -> None:
+    """A text data file that is not UTF-8 (naming the line) or holds no rows is bad input."""
+    if path.suffix == ".parquet":
+        return
+    lines, problem = _decode_lines(path)
+    if problem:
+        raise BadInput(problem)
+    if not any(line.strip() for line in lines):
+        raise BadInput(f"{path}: the file is empty (no rows)")
 
 
 def _diagnose(path: Path) -> str | None:

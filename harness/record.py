@@ -16,7 +16,7 @@ from .cache import write_json_atomic
 from .tracking import finite_or_null
 
 RECORD_NAME = "record.json"
-RECORD_SCHEMA_VERSION = 4  # evals/store.py says what each version holds
+RECORD_SCHEMA_VERSION = 5  # evals/store.py says what each version holds
 
 
 class RunRecord(BaseModel):
@@ -56,6 +56,9 @@ class RunRecord(BaseModel):
     # accelerate config); and the precision of each part of the run (app/precision.py).
     distributed: dict[str, Any] = Field(default_factory=dict)
     precision: dict[str, Any] = Field(default_factory=dict)
+    # What the run logged to (harness/tracking.py): the W&B mode as it ran, and an offline fallback (with the
+    # folder `wandb sync` uploads) or a W&B connection lost mid-run, where either happened.
+    tracking: dict[str, Any] = Field(default_factory=dict)
     output_dir: str
     created_at: str = Field(default_factory=lambda: datetime.datetime.now(datetime.timezone.utc).isoformat())
 

@@ -1,14 +1,23 @@
-"""Tracking: a local JSONL of every logged metric (always), and a W&B run (offline unless credentials exist)."""
+"""Tracking: a local JSONL of every logged metric (always), and a W&B run (offline unless credentials exist).
+
+W&B never stops training: a server that does not answer within `wandb.init_timeout` at the start of an
+online run makes the run log offline (one warning, and the record says where: `wandb sync` uploads it
+later); a W&B call that fails mid-run (the server lost, the W&B process gone) ends W&B logging for that run
+with one warning, while the local metrics.jsonl goes on; and the end of a run waits at most
+`wandb.finish_timeout` for the upload.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import WandbConfig
+from .errors import writing
 
 METRICS_NAME = "metrics.jsonl"
 
@@ -44,44 +53,105 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
 class Tracker:
     def __init__(self, output_dir: Path, cfg: WandbConfig, *, name: str, group: str | None, job_type: str,
                  config: dict[str, Any], enabled: bool = True):
         # Under a multi-process launch only the main process tracks: its values are already reduced over all.
         self.path = output_dir / METRICS_NAME if enabled else None
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with writing(self.path):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
         self.run = None
         self.mode = wandb_mode(cfg)
+        # What the run logged to, for its record: the W&B mode as it ran, and any fallback or loss on the way.
+        self.status: dict[str, Any] = {"wandb": self.mode if enabled else "disabled"}
         if enabled and self.mode != "disabled":
-            import wandb
+            self.run = self._start(cfg, output_dir, project=cfg.project, entity=cfg.entity, group=cfg.group or group,
+                                   job_type=job_type, name=name, config=flatten(config), dir=str(output_dir),
+                                   reinit="create_new")
 
-            self.run = wandb.init(project=cfg.project, entity=cfg.entity, group=cfg.group or group, job_type=job_type,
-                                  name=name, config=flatten(config), dir=str(output_dir), mode=self.mode,
-                                  reinit="create_new", settings=wandb.Settings(silent=True, console="off"))
+    def _start(self, cfg: WandbConfig, output_dir: Path, **init):
+        import wandb
+
+        def settings():
+            return wandb.Settings(silent=True, console="off", init_timeout=cfg.init_timeout,
+                                  finish_timeout=cfg.finish_timeout)
+
+        try:
+            return wandb.init(mode=self.mode, settings=settings(), **init)
+        except Exception as error:  # wandb raises CommError, UsageError, TimeoutError... for a server it cannot use
+            if self.mode != "online":
+                raise
+            reason = _first_line(error)
+        run = wandb.init(mode="offline", settings=settings(), **init)
+        where = str(Path(run.dir).parent)  # wandb/offline-run-*: what `wandb sync` takes
+        warnings.warn(f"W&B: no answer from {os.environ.get('WANDB_BASE_URL', 'https://api.wandb.ai')} within "
+                      f"{cfg.init_timeout:g} s ({reason}); this run logs offline to {where} (upload it later: wandb sync "
+                      f"{where})", stacklevel=3)
+        self.status.update(wandb="offline", wandb_requested="online", wandb_fallback=reason, wandb_offline_dir=where)
+        return run
+
+    def _wandb(self, what: str, call: Callable) -> None:
+        """A W&B call that may fail without failing the run: the first failure ends W&B logging, says so once,
+        and is recorded; the local metrics.jsonl is unaffected."""
+        if self.run is None:
+            return
+        try:
+            call()
+        except Exception as error:
+            run, self.run = self.run, None
+            self.status["wandb_lost"] = f"{what}: {_first_line(error)}"
+            warnings.warn(f"W&B: {what} failed ({_first_line(error)}); this run goes on without W&B, logging to "
+                          f"{self.path}", stacklevel=3)
+            try:
+                run.finish(exit_code=1, quiet=True)
+            except Exception:  # already gone: nothing more to tell it
+                pass
+
+    def _append(self, row: dict[str, Any]) -> None:
+        """One JSON line; a write that fails (a full disk) leaves the file as it was (WriteFailed names it)."""
+        line = json.dumps(finite_or_null(row), allow_nan=False) + "\n"
+        with writing(self.path), self.path.open("a") as handle:
+            size = handle.tell()
+            try:
+                handle.write(line)
+                handle.flush()
+            except OSError:
+                handle.truncate(size)
+                raise
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(finite_or_null({"step": step, **metrics}), allow_nan=False) + "\n")
-        if self.run is not None:
-            self.run.log({f"train/{k}": v for k, v in metrics.items()}, step=step)
+        self._append({"step": step, **metrics})
+        self._wandb("log", lambda: self.run.log({f"train/{k}": v for k, v in metrics.items()}, step=step))
+
+    def log_objects(self, objects: dict[str, Any], summary: dict[str, Any] | None = None) -> None:
+        """W&B objects (tables, images) and summary values on the W&B run only: they have no line in metrics.jsonl."""
+        self._wandb("log", lambda: self.run.log(objects))
+        self._wandb("summary", lambda: self.run.summary.update(summary or {}))
 
     def summary(self, metrics: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(finite_or_null({"summary": metrics}), allow_nan=False) + "\n")
-        if self.run is not None:
+        self._append({"summary": metrics})
+
+        def update():
             for key, value in metrics.items():
                 if isinstance(value, (int, float, str, bool)) or value is None:
                     self.run.summary[key] = value
+
+        self._wandb("summary", update)
 
     def finish(self, failed: bool = False) -> None:
         if self.run is not None:
             import wandb
 
-            self.run.finish(exit_code=1 if failed else 0)
-            wandb.teardown()  # run.finish() can return before the offline file is flushed
+            self._wandb("finish", lambda: self.run.finish(exit_code=1 if failed else 0))
             self.run = None
+            wandb.teardown()  # run.finish() can return before the offline file is flushed

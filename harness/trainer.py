@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from .cache import write_json_atomic
 from .config import TrainConfig
 from .data import collate
+from .errors import writing
 from .logps import LossOutput, SequenceLogps, policy_logps, reference_logps, summed_logps
 
 
@@ -155,11 +156,15 @@ def _save_checkpoint(accelerator, folder: Path, state: TrainState, extra_state=N
     if extra_state is not None:
         state.extra = extra_state.state_dict()
     target = folder / f"step-{state.step}"
-    accelerator.save_state(str(target), safe_serialization=True)
+    # A write that fails (WriteFailed: a full disk) removes what it began; the previous checkpoint, removed only
+    # once this one is complete, stays the one a resumed run starts from.
+    with writing(target, partial=target if accelerator.is_main_process else None):
+        accelerator.save_state(str(target), safe_serialization=True)
+        if accelerator.is_main_process:
+            if hasattr(extra_state, "save_to"):  # state too large for JSON (an EMA reference's weights)
+                extra_state.save_to(target)
+            write_json_atomic(target / "trainer_state.json", asdict(state))  # last: it marks the checkpoint complete
     if accelerator.is_main_process:
-        if hasattr(extra_state, "save_to"):  # state too large for JSON (an EMA reference's weights)
-            extra_state.save_to(target)
-        write_json_atomic(target / "trainer_state.json", asdict(state))  # last: it marks the checkpoint complete
         for old in folder.glob("step-*"):  # keep only the newest: a run resumes from its last checkpoint
             if old != target:
                 shutil.rmtree(old, ignore_errors=True)

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.cache import write_json_atomic
+
 from .protocol import SEED, tune_until_bracketed
 from .spec import Resources, SweepSpec, check_resources, expand, method_points, seeds_of
 from .workers import train_on_workers
@@ -108,10 +110,10 @@ def run_sweep(spec: SweepSpec, spec_path: Path | str, *, resume: bool = False, a
         check_resources(spec.resources, {}, where)
     root = Path(trials[0]["config"]["output_dir"]).parents[1]
     root.mkdir(parents=True, exist_ok=True)
-    (root / "trials.json").write_text(json.dumps([{k: t[k] for k in ("name", "point", "stage")} for t in trials], indent=1))
+    write_json_atomic(root / "trials.json", [{k: t[k] for k in ("name", "point", "stage")} for t in trials], indent=1)
     # The spec travels with its records: `harness leaderboard DIR` applies the selection rule stored here.
     as_run = _spec_as_run(spec, points)
-    (root / "spec.json").write_text(json.dumps(as_run, indent=1))
+    write_json_atomic(root / "spec.json", as_run, indent=1)
 
     # Prepare once per distinct (model, data, eval) setup; the trials then only read the cache.
     prepared: dict[str, Any] = {}
@@ -121,7 +123,7 @@ def run_sweep(spec: SweepSpec, spec_path: Path | str, *, resume: bool = False, a
                          sort_keys=True)
         if key not in prepared:
             prepared[key] = {"trial": trial["name"], **pipeline.prepare(c)}
-    (root / "prepare.json").write_text(json.dumps(list(prepared.values()), indent=1))
+    write_json_atomic(root / "prepare.json", list(prepared.values()), indent=1)
 
     _ray_init(address)
     try:
@@ -166,7 +168,7 @@ def _run_protocol(spec: SweepSpec, spec_path, overrides, points: list[dict], roo
     tuning = {"extension_rounds": ran, "picks": chosen, "edge_notes": notes,
               "budget": {m: len(p) for m, p in by_method.items()}}
     as_run = _spec_as_run(spec, tried, tuning)
-    (root / "spec.json").write_text(json.dumps(as_run, indent=1))
+    write_json_atomic(root / "spec.json", as_run, indent=1)
     test = expand(spec, spec_path, overrides, points=list(chosen.values()), seeds=selection.test_seeds, stage="test")
     _fit(spec, test, root, "tune-test", as_run, resume)
 

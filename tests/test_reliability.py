@@ -68,6 +68,7 @@ CASES = [
     data_case("no_usable_columns.csv", "'chosen' is missing"),
     data_case("broken.json", "line 2: not valid JSON"),
     data_case("pairs.tsv", "unsupported data file type"),
+    data_case("folder_with_a_broken_file", "folder_with_a_broken_file/b.jsonl: line 2: not valid JSON"),
     ("data/columns names an absent field", ["train", f"data.source={BAD / 'pairs_ok.jsonl'}", "model.path={models}/good",
                                            "data.columns={{answer: chosen}}"], "data.columns names field 'answer'"),
     ("data/missing file", ["train", "data.source={tmp}/nope.jsonl", "model.path={models}/good"], "not found"),

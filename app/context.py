@@ -94,12 +94,15 @@ class RunContext:
     def reward_model(self) -> RewardModelJudge:
         """What an online method optimises: `online.reward`, or the proxy trained on this run's own
         training pairs (cached)."""
-        online, model = self.cfg.online, self.cfg.model
-        path = online.reward
-        if path == "proxy":
-            path, _ = proxy_reward_model(self.task.sft_path, self.sft_fingerprint, self.task.rows, self.cfg.cache_dir,
-                                         online.proxy_steps)
+        model = self.cfg.model
+        path = self.proxy()[0] if self.cfg.online.reward == "proxy" else self.cfg.online.reward
         return RewardModelJudge(path, device=model.device, trust_remote_code=model.trust_remote_code)
+
+    def proxy(self) -> tuple[str, bool]:
+        """The proxy reward model trained on this run's training pairs (cached; for the embedded task's default
+        pairs the shipped copy, unless task.shipped is false): its folder, and whether it was found."""
+        return proxy_reward_model(self.task.sft_path, self.sft_fingerprint, self.task.rows, self.cfg.cache_dir,
+                                  self.cfg.online.proxy_steps, shipped=self.cfg.task.shipped)
 
     def reference_beside(self, policy) -> Reference:
         """The SFT model to compare a trained `policy` with (its LoRA base, or a separate copy)."""

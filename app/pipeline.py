@@ -16,15 +16,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from evals.aggregate import prompt_cluster_ids
 from evals.evaluate import (decode_completions, evaluate, judge_agreement, preference_accuracy, preference_ceiling,
                             sft_side)
-from evals.judge import proxy_reward_model
 from harness.cache import key_of
 from harness.config import RunConfig, apply_overrides, build_config
 from harness.data import prepare_examples
+from harness.embedded.shipped import is_shipped
 from harness.errors import BadInput, WriteFailed, writing
 from harness.logps import CHOSEN, PAIRS, REJECTED
 from harness.models import add_lora, load_causal_lm, pick_device
@@ -39,6 +37,17 @@ from .context import RunContext
 
 VAL_METRICS = ("win_rate", "win_rate_low", "win_rate_high", "gold_win_rate", "gold_reward", "kl_to_sft", "kl_to_sft_se",
                "num_prompts")
+
+
+def _assets(ctx: RunContext, proxy: str | None) -> dict[str, Any]:
+    """For the embedded task: whether the run used the assets that ship with the harness (the task's models and
+    data, and the judge and proxy reward model where it used the harness's own), and the judge's fingerprint."""
+    if ctx.task.embedded is None:
+        return {}
+    judge = getattr(ctx.scorers.get("judge"), "path", None)
+    used = [ctx.task.sft_path] + [path for path in (judge, proxy) if path is not None]
+    return {"shipped_assets": all(is_shipped(path) for path in used),
+            "judge_fingerprint": getattr(ctx.scorers.get("judge"), "fingerprint", None)}
 
 
 def _trained_dtype(model) -> str:
@@ -147,7 +156,8 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
                  "eval_prompts": len(task.eval_prompts), "eval_prompts_fingerprint": key_of(task.eval_prompts),
                  "eval_prompts_distinct": len(set(prompt_cluster_ids(task.eval_prompts))),
                  "val_prompts": len(task.val_prompts), "val_prompts_fingerprint": key_of(task.val_prompts),
-                 "val_prompts_distinct": len(set(prompt_cluster_ids(task.val_prompts)))},
+                 "val_prompts_distinct": len(set(prompt_cluster_ids(task.val_prompts))),
+                 **_assets(ctx, reward_model.path if online else None)},
         versions=versions(), hardware=hardware(),
         distributed=_distributed(accelerator, cfg, distributed))
     if accelerator.is_main_process:
@@ -269,8 +279,7 @@ def prepare(config: RunConfig | dict) -> dict[str, Any]:
     autocast = ctx.precision.context
     if ctx.method.kind == "online":
         if cfg.online.reward == "proxy":
-            done["proxy_reward_model_cache_hit"] = proxy_reward_model(task.sft_path, ctx.sft_fingerprint, task.rows,
-                                                                      cfg.cache_dir, cfg.online.proxy_steps)[1]
+            done["proxy_reward_model_cache_hit"] = ctx.proxy()[1]
     elif ctx.method.reference == "frozen":
         prepared = prepare_examples(task.rows, ctx.formatter, ctx.method.consumes, cfg.data.seed)
         done["reference_cache_hit"] = sft.cached_sequence_logps(prepared.examples, ctx.tokenizer.pad_token_id,

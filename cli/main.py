@@ -169,6 +169,18 @@ def cmd_leaderboard(args) -> int:
     return 0
 
 
+def cmd_assets(args) -> int:
+    import json
+
+    from app.assets import check_or_write, replay_check
+
+    if args.replay and (args.write or args.cache_dir):
+        raise BadInput("harness assets --replay takes neither --write nor --cache-dir")
+    report, code = replay_check() if args.replay else check_or_write(args.write, args.cache_dir)
+    print(json.dumps(report, indent=1))
+    return code
+
+
 def cmd_methods(args) -> int:
     import methods
     from rich.console import Console
@@ -217,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("overrides", nargs="*", metavar="eval.KEY=VALUE")
     evaluate.set_defaults(func=cmd_eval)
     sub.add_parser("methods", help="list methods and their hyperparameters").set_defaults(func=cmd_methods)
+    assets = sub.add_parser("assets", help="rebuild the embedded task's shipped assets here and compare them with the "
+                                           "shipped copies (--write: replace them)")
+    assets.add_argument("--write", action="store_true", help="replace the shipped copies with this machine's build")
+    assets.add_argument("--replay", action="store_true", help=f"replay only the first steps of each build and compare "
+                                                              "them with what the build recorded (seconds, not minutes)")
+    assets.add_argument("--cache-dir", help="build into this folder and keep it (default: a temp folder)")
+    assets.set_defaults(func=cmd_assets)
     return parser
 
 

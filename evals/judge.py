@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from harness.cache import cached_dir, key_of
+from harness.embedded.shipped import ASSETS
 from harness.errors import BadInput
 from harness.logps import LossOutput
 from harness.models import check_local_weights, fingerprint, looks_local, pick_device
@@ -121,11 +122,15 @@ def _pad_pairs(tokenizer, pairs: list[tuple[list[int], list[int]]]) -> dict:
     return {**batch, "num_examples": len(pairs)}
 
 
-def train_bt_judge(base_path: str, pairs: list[dict], out: Path, *, steps: int = JUDGE_STEPS, batch_size: int = JUDGE_BATCH,
-                   lr: float = JUDGE_LR, seed: int = 0) -> int:
+def train_bt_judge(base_path: str, pairs: list[dict], out: Path | None, *, steps: int = JUDGE_STEPS,
+                   batch_size: int = JUDGE_BATCH, lr: float = JUDGE_LR, seed: int = 0,
+                   stop_at: int | None = None) -> tuple[int, dict[str, str]]:
     """Train a reward model on preference pairs with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected),
     starting from `base_path` (a causal LM: its body is reused, the score head is new), and save it to `out`.
-    Returns the tokens it forwarded and back-propagated (its training cost)."""
+    Returns the tokens it forwarded and back-propagated (its training cost) and its weights' digest after
+    REPLAY_STEPS steps. `stop_at`: the same run stopped after that many steps, nothing saved (a replay)."""
+    from harness.embedded.build import REPLAY_STEPS, digest_after
+
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -152,22 +157,30 @@ def train_bt_judge(base_path: str, pairs: list[dict], out: Path, *, steps: int =
         return LossOutput(-torch.nn.functional.logsigmoid(margin).mean(),
                           {"accuracy": (margin > 0).float().mean().detach()})
 
-    state = train_loop(model, step_loss, loader, optimizer, schedule, max_steps=steps, max_grad_norm=1.0, log_steps=50,
-                       desc="judge (Bradley-Terry)")
+    after_step, digests = digest_after(model, REPLAY_STEPS)
+    state = train_loop(model, step_loss, loader, optimizer, schedule, max_steps=stop_at or steps, max_grad_norm=1.0,
+                       log_steps=50, desc="judge (Bradley-Terry)", after_step=after_step)
     model.eval()
+    if stop_at is not None:
+        return state.tokens, digests
     # This process's own model, whatever its rank in a launch: transformers 5's save_pretrained writes nothing
     # on a rank other than 0 once torch.distributed is initialised, which left an empty cache entry.
     model.should_save_on_this_rank = lambda is_main_process: True
     model.save_pretrained(out)  # safetensors
+    # how the tokenizer was loaded is not part of it: HF_HUB_OFFLINE would otherwise be written into its config,
+    # and the same build would differ by the environment it ran in
+    tokenizer.init_kwargs.pop("local_files_only", None)
     tokenizer.save_pretrained(out)
-    return state.tokens
+    return state.tokens, digests
 
 
-def proxy_reward_model(sft_path: str, sft_fingerprint: str, pairs: list[dict], cache_dir: str, steps: int) -> tuple[str, bool]:
+def proxy_reward_model(sft_path: str, sft_fingerprint: str, pairs: list[dict], cache_dir: str, steps: int,
+                       shipped: bool = True) -> tuple[str, bool]:
     """The reward model an online method optimises: Bradley-Terry on the run's own training pairs (the pairs
     the offline methods learn from), never on the judge's split or on eval prompts, so online and offline
     methods learn from the same preference data and are judged by a model neither optimised. Cached by
-    content; returns (its folder, whether the cache had it)."""
+    content (the shipped copy for the embedded task's default pairs, unless `shipped` is false); returns (its
+    folder, whether the cache had it)."""
     bad = next((i for i, r in enumerate(pairs) if not all(isinstance(r[k], str) for k in ("prompt", "chosen", "rejected"))), None)
     if bad is not None:
         raise BadInput(f"online.reward=proxy trains on plain-text pairs; training row {bad} holds chat messages "
@@ -178,26 +191,27 @@ def proxy_reward_model(sft_path: str, sft_fingerprint: str, pairs: list[dict], c
         from harness.embedded.build import build_threads
 
         with build_threads():
-            tokens = train_bt_judge(sft_path, pairs, out, steps=steps)
+            tokens, digests = train_bt_judge(sft_path, pairs, out, steps=steps)
         (out / "judge_info.json").write_text(json.dumps({"train_pairs": len(pairs), "steps": steps, "role": "proxy",
-                                                         "tokens_trained": tokens}))
+                                                         "tokens_trained": tokens, "weights_at_step": digests}))
 
-    folder, hit = cached_dir(cache_dir, "proxy-reward-model", key, build)
+    folder, hit = cached_dir(cache_dir, "proxy-reward-model", key, build, shipped=ASSETS if shipped else None)
     return str(folder), hit
 
 
 def embedded_judge(assets, cache_dir: str) -> tuple[str, bool]:
     """The embedded task's judge: trained on its judge split (prompts disjoint from training, validation and
-    test), with its agreement with the gold reward on held-out pairs (test prompts) stored beside it."""
+    test), with its agreement with the gold reward on held-out pairs (test prompts) stored beside it. Keyed by
+    the SFT weights it starts from; the shipped copy is used when the task's assets are the shipped ones."""
     from harness.embedded.build import BUILD_THREADS, build_threads
     from harness.embedded.task import gold_reward
 
-    key = key_of("embedded-judge", str(assets.root.name), JUDGE_STEPS, JUDGE_BATCH, JUDGE_LR, BUILD_THREADS,
-                 torch.__version__)
+    key = key_of("embedded-judge", fingerprint(assets.sft_path), assets.judge_pairs, JUDGE_STEPS, JUDGE_BATCH, JUDGE_LR,
+                 BUILD_THREADS, torch.__version__)
 
     def build(out: Path) -> None:
         with build_threads():
-            train_bt_judge(assets.sft_path, assets.judge_pairs, out, steps=JUDGE_STEPS)
+            _, digests = train_bt_judge(assets.sft_path, assets.judge_pairs, out, steps=JUDGE_STEPS)
         judge = RewardModelJudge(str(out), device="cpu")
         held = assets.heldout_pairs
         prompts = [r["prompt"] for r in held]
@@ -206,7 +220,8 @@ def embedded_judge(assets, cache_dir: str) -> tuple[str, bool]:
                                    [gold_reward(p, x) for p, x in zip(prompts, a)],
                                    [gold_reward(p, x) for p, x in zip(prompts, b)])
         (out / "judge_info.json").write_text(json.dumps({"agreement_with_gold": agreement, "heldout_pairs": len(held),
-                                                         "train_pairs": len(assets.judge_pairs)}))
+                                                         "train_pairs": len(assets.judge_pairs), "steps": JUDGE_STEPS,
+                                                         "weights_at_step": digests}))
 
-    folder, hit = cached_dir(cache_dir, "embedded-judge", key, build)
+    folder, hit = cached_dir(cache_dir, "embedded-judge", key, build, shipped=ASSETS if assets.shipped else None)
     return str(folder), hit

@@ -13,6 +13,7 @@ its fresh-seed test runs, and the verdict recomputed across KL budgets (stabilit
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from .collapse import THRESHOLDS_TEXT
 from .rows import MEANS, configuration_table, grid_edges  # noqa: F401  (re-exported: the board's building blocks)
 from .selection import Selection, fragile_verdicts, kl_stability, select_best, stored_selection, stored_spec  # noqa: F401
 from .significance import ALPHA, UNTESTED, rank
-from .store import display_path, load_records
+from .store import display_path, load_records, record_paths
 
 
 def leaderboard(records: pd.DataFrame, rank_within: str | None = None) -> pd.DataFrame:
@@ -233,15 +234,39 @@ def stability_rows(stability: pd.DataFrame) -> list[dict[str, str]]:
     return rows
 
 
+_BOARDS: dict[str, tuple] = {}  # folders' content digest -> boards(): the leaderboard and the report read the same
+
+
+def boards(*folders: str | Path) -> tuple[pd.DataFrame, Selection | None, pd.DataFrame, pd.DataFrame | None]:
+    """The records under `folders`, the selection rule (one folder with a stored spec), the board (picks with
+    their marks, or every configuration ranked) and the verdict across KL budgets (with a selection rule):
+    what the leaderboard and the report are computed from. Computed once per process for the same files (keyed
+    by their content), and returned as copies."""
+    folders = tuple(Path(f) for f in folders)
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in [folder / "spec.json", *record_paths(folder)]:
+            if path.is_file():
+                digest.update(str(path).encode() + b"\0" + path.read_bytes())
+    key = digest.hexdigest()
+    if key not in _BOARDS:
+        records = load_records(*folders)
+        selection = stored_selection(folders[0]) if len(folders) == 1 else None
+        spec = stored_spec(folders[0]) if len(folders) == 1 else {}
+        board = select_best(records, selection) if selection else leaderboard(records, spec.get("rank_within"))
+        stability = kl_stability(records, selection) if selection else None
+        _BOARDS.clear()  # one set of folders at a time: a report and its leaderboard
+        _BOARDS[key] = (records, selection, board, stability)
+    records, selection, board, stability = _BOARDS[key]
+    return records.copy(), selection, board.copy(), None if stability is None else stability.copy()
+
+
 def write_leaderboard(folder: str | Path, out: str | Path | None = None) -> list[dict[str, str]]:
     """Write leaderboard.csv (every column) and leaderboard.md under `out` (default: `folder`), and with a
     selection rule stability.csv (the verdict across KL budgets); returns the rows as displayed."""
     folder = Path(folder)
     out = Path(out or folder)
-    records = load_records(folder)
-    selection = stored_selection(folder)
-    table = (select_best(records, selection) if selection
-             else leaderboard(records, stored_spec(folder).get("rank_within")))
+    records, selection, table, stability = boards(folder)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "leaderboard.csv", index=False)
     title = "best configuration per method (picked on validation, reported on test)" if selection else "leaderboard"
@@ -253,7 +278,6 @@ def write_leaderboard(folder: str | Path, out: str | Path | None = None) -> list
     else:
         text += to_markdown(rows)
     if selection is not None:
-        stability = kl_stability(records, selection)
         if not stability.empty:
             stability.to_csv(out / "stability.csv", index=False)
             text += ("\n## The verdict across KL budgets\n\nPicks and marks recomputed from the selection-stage runs "

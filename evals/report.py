@@ -26,9 +26,9 @@ from .ablation import reference_section
 from .aggregate import seed_prompt_interval
 from .rows import prompt_clusters, test_runs
 from .collapse import THRESHOLDS_TEXT, collapse_reasons
-from .leaderboard import display_rows, leaderboard, legend, stability_rows, table_columns, to_markdown, unequal_data
-from .selection import fragile_verdicts, kl_stability, select_best, stored_selection, stored_spec
-from .store import REFERENCE_PARAMS, display_path, load_records
+from .leaderboard import boards, display_rows, legend, stability_rows, table_columns, to_markdown, unequal_data
+from .selection import fragile_verdicts, stored_spec
+from .store import REFERENCE_PARAMS, display_path
 from .summary import compact_rows, example_rows, short_label, task_card, training_history, verdict
 
 FIGURE_DIR = "report_files"
@@ -513,12 +513,9 @@ def build_report(folders: list[Path]) -> tuple[list[tuple], str, pd.DataFrame, l
     import matplotlib
 
     matplotlib.use("Agg")
-    records = load_records(*folders)
-    done = records[records["status"] == "completed"]
-    selection = stored_selection(folders[0]) if len(folders) == 1 else None
+    records, selection, board, stability = boards(*folders)
     spec = stored_spec(folders[0]) if len(folders) == 1 else {}
-    board = select_best(records, selection) if selection else leaderboard(records, spec.get("rank_within"))
-    stability = kl_stability(records, selection) if selection else None
+    done = records[records["status"] == "completed"]
     colors = _colors(list(dict.fromkeys(done["method"])))
     # Runs trained without an evaluation (eval.num_prompts=0) have curves but no outcomes to draw.
     evaluated = done[done["outcomes"].map(lambda o: isinstance(o, dict) and "test" in o)] if not done.empty else done

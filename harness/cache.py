@@ -93,9 +93,17 @@ def set_aside(path: Path, reason: str) -> Path:
     return aside
 
 
-def cached_dir(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path], None]) -> tuple[Path, bool]:
+def cached_dir(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path], None],
+               shipped: Path | None = None) -> tuple[Path, bool]:
     """(path, hit): the folder for (kind, key), verified, calling build(tmp_folder) first if it is not there
-    yet or did not verify."""
+    yet or did not verify. With `shipped` (a read-only store of entries laid out as the cache is), an entry
+    found and verified there is used as it is."""
+    if shipped is not None and (shipped / kind / key).is_dir():
+        problem = _verified_once(shipped / kind / key)
+        if problem is None:
+            return shipped / kind / key, True
+        warnings.warn(f"shipped asset {shipped / kind / key}: {problem}; using the cache's own copy or building one",
+                      stacklevel=2)
     root = Path(cache_dir).expanduser() / kind
     final = root / key
     if final.is_dir() and _verified_once(final) is None:

@@ -68,6 +68,8 @@ class TaskConfig(_Strict):
     num_sft_examples: int = Field(4000, gt=0)
     sft_steps: int = Field(600, gt=0, description="SFT optimizer steps (600: the 50 x 24 prompt space needs them to stay on topic)")
     label_temperature: float = Field(1.0, gt=0, description="Bradley-Terry temperature of the preference labels")
+    shipped: bool = Field(True, description="use the built assets that ship with the harness (harness/embedded/shipped.py) "
+                          "where they match and verify; false builds them in the cache")
 
 
 class MethodConfig(BaseModel):

@@ -46,6 +46,24 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
                           env={**os.environ, **(env or {})}, cwd=cwd or REPO, timeout=900)
 
 
+def call_cli(*args: str, env: dict | None = None, cwd: Path | None = None):
+    """`harness ARGS` in this process, returning what run_cli returns (returncode, stdout, stderr): for commands
+    that stop at bad input or only read records, without an interpreter's start-up (~1.5 s) each. run_cli runs
+    it as a user does, in a process of its own."""
+    import contextlib
+    import io
+    import subprocess
+    from unittest import mock
+
+    from cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with mock.patch.dict(os.environ, env or {}), contextlib.chdir(cwd or Path.cwd()), \
+            contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def quick_overrides(tmp_path: Path, **extra) -> list[str]:
     """Dotted overrides for a short real run on the embedded task."""
     base = {"output_dir": str(tmp_path / "run"), "train.max_steps": 4, "eval.num_prompts": 16,

@@ -5,7 +5,7 @@ import pytest
 from harness.config import load_config
 from harness.errors import BadInput
 
-from .conftest import run_cli
+from .conftest import call_cli
 
 
 def assert_one_line_error(result, *needles):
@@ -18,39 +18,39 @@ def assert_one_line_error(result, *needles):
 
 
 def test_unknown_method_lists_choices(tmp_path):
-    result = run_cli("train", "method.name=nosuch", f"output_dir={tmp_path / 'out'}")
+    result = call_cli("train", "method.name=nosuch", f"output_dir={tmp_path / 'out'}")
     assert_one_line_error(result, "nosuch", "dpo")
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_config_key(tmp_path):
-    result = run_cli("train", "train.nosuch_key=3", f"output_dir={tmp_path / 'out'}")
+    result = call_cli("train", "train.nosuch_key=3", f"output_dir={tmp_path / 'out'}")
     assert_one_line_error(result, "train.nosuch_key")
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_data_file(tmp_path):
     missing = tmp_path / "missing.jsonl"
-    result = run_cli("train", f"data.source={missing}", f"model.path={tmp_path}", f"output_dir={tmp_path / 'out'}")
+    result = call_cli("train", f"data.source={missing}", f"model.path={tmp_path}", f"output_dir={tmp_path / 'out'}")
     assert_one_line_error(result, str(missing))
     assert not (tmp_path / "out").exists()
 
 
 def test_unknown_method_parameter_lists_parameters(tmp_path):
-    result = run_cli("train", "method.gamma=0.5", f"output_dir={tmp_path / 'out'}")
+    result = call_cli("train", "method.gamma=0.5", f"output_dir={tmp_path / 'out'}")
     assert_one_line_error(result, "gamma", "beta", "label_smoothing")
 
 
 def test_bad_value_and_missing_config_file(tmp_path):
-    assert_one_line_error(run_cli("train", "train.learning_rate=-1"), "train.learning_rate")
-    assert_one_line_error(run_cli("train", "--config", str(tmp_path / "nope.yaml")), "nope.yaml")
-    assert_one_line_error(run_cli("train", "method.beta"), "KEY=VALUE")
+    assert_one_line_error(call_cli("train", "train.learning_rate=-1"), "train.learning_rate")
+    assert_one_line_error(call_cli("train", "--config", str(tmp_path / "nope.yaml")), "nope.yaml")
+    assert_one_line_error(call_cli("train", "method.beta"), "KEY=VALUE")
 
 
 def test_bad_row_names_row_and_field(tmp_path):
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
-    result = run_cli("train", f"data.source={data}", f"model.path={tmp_path}", f"output_dir={tmp_path / 'out'}")
+    result = call_cli("train", f"data.source={data}", f"model.path={tmp_path}", f"output_dir={tmp_path / 'out'}")
     assert_one_line_error(result, "row 1", "rejected")
 
 

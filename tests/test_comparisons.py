@@ -14,7 +14,7 @@ from evals.aggregate import configuration_key, paired_difference, seed_prompt_in
 from evals.leaderboard import leaderboard, load_records, write_leaderboard
 from evals.metrics import distinct_n, distinct_n_per_response, is_plain_sampling, kl_from_samples, repeat_rate
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, call_cli
 
 RESULTS = REPO / "results"
 CONFIG = {"name": "t", "output_dir": "x", "cache_dir": "c", "wandb": {"mode": "disabled"}, "data": {"source": "embedded"},
@@ -152,7 +152,7 @@ def test_selection_respects_the_kl_budget_flags_grid_edges_and_is_stored_with_th
                          val=outcomes(quality, seed=50 + seed), kl=drift, val_kl=drift)
     spec = SweepSpec(name="t", selection={"metric": "val_win_rate", "kl_budget": 1.5})
     (tmp_path / "spec.json").write_text(spec.model_dump_json())
-    result = run_cli("leaderboard", str(tmp_path))
+    result = call_cli("leaderboard", str(tmp_path))
     assert result.returncode == 0, result.stderr
     board = pd.read_csv(tmp_path / "leaderboard.csv")
     assert len(board) == 1

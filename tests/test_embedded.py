@@ -116,3 +116,53 @@ def test_assets_do_not_depend_on_the_callers_thread_count(tmp_path):
         torch.set_num_threads(before)
     assert not one.cache_hit and not two.cache_hit
     assert fingerprint(one.sft_path) == fingerprint(two.sft_path)
+
+
+def test_a_default_run_uses_the_shipped_assets_and_they_verify(embedded):
+    from evals.judge import embedded_judge
+    from harness.cache import verify
+    from harness.embedded.shipped import ASSETS, BUILT, KINDS, is_shipped
+    from harness.models import fingerprint
+
+    built = json.loads(BUILT.read_text())
+    assert embedded.shipped and is_shipped(embedded.sft_path) and embedded.root == ASSETS / "embedded-task" / built["entries"]["embedded-task"]
+    assert fingerprint(embedded.sft_path) == built["fingerprints"]["sft"]
+    judge, _ = embedded_judge(embedded, "/nonexistent-cache")  # found shipped: nothing built, nothing written
+    assert is_shipped(judge) and fingerprint(judge) == built["fingerprints"]["judge"]
+    for kind in KINDS:
+        [entry] = [p for p in (ASSETS / kind).iterdir()]
+        assert verify(entry) is None, kind
+
+
+def test_the_shipped_builds_replay_here_bit_for_bit_and_records_say_which_assets_they_ran_on(tmp_path):
+    """`harness assets --replay`: the task's data, tokenizer and base model rebuilt, and the SFT model, judge and
+    proxy reward model each trained for the first REPLAY_STEPS steps of their recipe, compared with the shipped
+    files and with the weights' digests the builds recorded. On the CPU type (and torch, threads) that built the
+    shipped copies everything must match bit for bit; on another the trained weights may differ, and a record
+    says which assets a run used (`shipped_assets`, its SFT fingerprint). The whole rebuild (`harness assets`,
+    minutes) compares every file the same way."""
+    import harness
+    from app.assets import replay_check
+    from harness.config import TaskConfig, load_config
+    from harness.embedded.build import REPLAY_STEPS, replay_build
+    from harness.embedded.shipped import BUILT
+
+    report, code = replay_check(str(tmp_path / "replay"))
+    assert code == 0, report
+    assert len(report["files_compared"]) >= 5 and set(report["digests_here"]) == {"sft", "judge", "proxy"}
+    if report["same_machine_type"]:
+        assert report["bit_for_bit"] and report["digests_here"] == report["digests_shipped"], report
+    else:  # another CPU type: the data and the tokenizer still match, file for file
+        assert not [f for f in report["differing"] if f.endswith(("data.json", "tokenizer.json"))], report
+    # the digest sees a different recipe: another seed's first steps
+    assert replay_build(TaskConfig(seed=1), tmp_path / "seed1")[str(REPLAY_STEPS)] != report["digests_here"]["sft"]
+
+    run = {"train.max_steps": 1, "eval.num_prompts": 0, "wandb.mode": "disabled"}
+    shipped = harness.train(load_config(None, [f"{k}={v}" for k, v in {**run, "output_dir": tmp_path / "a"}.items()]))
+    small = {f"task.{k}": v for k, v in {"sft_steps": 3, "num_sft_examples": 64, "num_train_pairs": 32,
+                                          "num_judge_pairs": 32, "num_eval_prompts": 8, "num_val_prompts": 8}.items()}
+    here = harness.train(load_config(None, [f"{k}={v}" for k, v in {**run, **small, "output_dir": tmp_path / "b",
+                                                                      "cache_dir": tmp_path / "cache"}.items()]))
+    assert shipped.dataset["shipped_assets"] is True and here.dataset["shipped_assets"] is False
+    assert shipped.dataset["sft_fingerprint"] == json.loads(BUILT.read_text())["fingerprints"]["sft"]
+    assert here.dataset["sft_fingerprint"] != shipped.dataset["sft_fingerprint"]

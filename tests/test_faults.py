@@ -1,6 +1,6 @@
 """Faults a long sweep on a shared machine meets, survived rather than only refused: a damaged cache entry is
-rebuilt, an unreachable W&B server never stops training, a full disk loses nothing, a killed trial resumes
-to the numbers of an uninterrupted one, and two sweeps share one cache.
+rebuilt, an unreachable W&B server never stops training, a full disk loses nothing. (A killed trial resuming
+to the numbers of an uninterrupted one, and two sweeps sharing one cache: tests/test_sweeps.py.)
 
 The cache entries here are built small (a tiny embedded task, judge and proxy trained for a few steps) so
 that every kind can be damaged and rebuilt in seconds; the mechanism is the one every entry goes through.
@@ -10,27 +10,19 @@ import errno
 import json
 import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import pytest
-import yaml
 
 import harness
 from harness.config import load_config
 from harness.errors import WriteFailed
 
-from .conftest import REPO, quick_overrides
-from .test_reliability import _comparable
-from .test_sweeps import kill_session
-
-TINY_TASK = dict(sft_steps=3, num_sft_examples=64, num_train_pairs=32, num_judge_pairs=32, num_eval_prompts=8,
-                 num_val_prompts=8)
+from .conftest import quick_overrides
+from .test_sweeps import TINY_TASK
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -319,87 +311,3 @@ def test_disk_full_at_each_write_site_names_the_path_and_loses_nothing_written_b
             json.loads(line)  # every line whole
     if site == "metrics":
         assert len((run / "metrics.jsonl").read_text().splitlines()) == 5
-
-
-# ------------------------------------------------------------------ a killed trial; two sweeps on one cache
-
-def _spec(tmp_path: Path, name: str, base: dict, **fields) -> Path:
-    spec = {"name": name, "base": base, "grid": {"method.beta": [0.1]}, "resources": {"cpu": 1},
-            "storage_path": str(tmp_path / "sweeps"), **fields}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def test_a_trial_whose_worker_is_killed_resumes_to_the_numbers_of_an_uninterrupted_one(tmp_path, embedded):
-    """SIGKILL of the Ray worker process running a trial (this test's own, by its process id), after its
-    first checkpoint: Tune restarts the trial, it resumes from the checkpoint, and its record equals, metric
-    for metric, the record of the same run uninterrupted (timing and cache bookkeeping aside)."""
-    base = {"train": {"max_steps": 24, "save_steps": 4, "log_steps": 1}, "eval": {"num_prompts": 16},
-            "wandb": {"mode": "disabled"}}
-    path = _spec(tmp_path, "killed", base, max_failures=1)
-    runs = tmp_path / "sweeps" / "killed" / "runs"
-    driver = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(path)], cwd=REPO, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline, victim = time.time() + 600, None
-        while time.time() < deadline and victim is None:
-            assert driver.poll() is None, driver.stderr.read()[-3000:]
-            for run in runs.glob("*"):
-                if list(run.glob("checkpoints/step-*/trainer_state.json")) and (run / "attempts.jsonl").is_file():
-                    victim = json.loads((run / "attempts.jsonl").read_text().splitlines()[0])["pid"]
-            time.sleep(0.1)
-        assert victim is not None, "no checkpoint within 600 s"
-        os.kill(victim, signal.SIGKILL)
-        _, stderr = driver.communicate(timeout=600)
-        assert driver.returncode == 0, stderr[-3000:]
-    finally:
-        if driver.poll() is None:
-            kill_session(driver.pid)
-    [run] = runs.iterdir()
-    killed = json.loads((run / "record.json").read_text())
-    attempts = [json.loads(line) for line in (run / "attempts.jsonl").read_text().splitlines()]
-    assert len(attempts) == 2 and attempts[0]["pid"] == victim != attempts[1]["pid"]
-    assert killed["status"] == "completed" and 4 <= killed["metrics"]["resumed_from_step"] < 24
-    # the same run uninterrupted, on one torch thread as Ray runs a 1-CPU trial (a thread count can move the last
-    # bits of a sum)
-    config = tmp_path / "straight.yaml"
-    config.write_text(yaml.safe_dump({**killed["config"], "output_dir": str(tmp_path / "straight")}))
-    result = subprocess.run([sys.executable, "-m", "harness", "train", "--config", str(config)], capture_output=True,
-                            text=True, cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    straight = json.loads((tmp_path / "straight" / "record.json").read_text())
-    want, got = _comparable(straight["metrics"]), _comparable(killed["metrics"])
-    assert got == want, {k: (want[k], got.get(k)) for k in want if want[k] != got.get(k)}
-    assert killed["outcomes"] == straight["outcomes"]
-
-
-def test_two_sweeps_sharing_one_cache_at_once_both_complete_with_identical_entries(tmp_path):
-    """Two drivers start at once on one empty cache (a small task, judged by gold: no judge to train): every
-    shared entry is built once, by whichever gets its lock first, and read by both."""
-    cache = tmp_path / "cache"
-    base = {"task": TINY_TASK, "train": {"max_steps": 3, "save_steps": 0}, "cache_dir": str(cache),
-            "eval": {"num_prompts": 8, "judge": "gold"}, "wandb": {"mode": "disabled"}}
-    specs = [_spec(tmp_path, name, base, grid={"method.beta": betas}) for name, betas in (("a", [0.1]), ("b", [0.3]))]
-    drivers = [subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(spec)], cwd=REPO, start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for spec in specs]
-    try:
-        for driver in drivers:
-            _, stderr = driver.communicate(timeout=600)
-            assert driver.returncode == 0, stderr[-3000:]
-    finally:
-        for driver in drivers:
-            if driver.poll() is None:
-                kill_session(driver.pid)
-    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "sweeps").glob("*/runs/*/record.json"))]
-    assert [r["status"] for r in records] == ["completed", "completed"]
-    assert len({r["dataset"]["sft_fingerprint"] for r in records}) == 1
-    for kind in ("embedded-task", "sft-generations"):  # one entry each, built once, verified
-        entries = [p for p in (cache / kind).iterdir() if not p.name.endswith(".lock")]
-        assert len(entries) == 1 and (entries[0] / ".manifest.json").is_file(), kind
-    shards = list((cache / "reference-logps").rglob("*.safetensors"))
-    assert 1 <= len(shards) <= 2  # the second driver computed only rows the first had not stored
-    from harness.cache import RowCache
-
-    rows = [RowCache._shard_values(s)[0] for s in shards]
-    assert all(rows) and (len(rows) == 1 or not set(rows[0]) & set(rows[1]))

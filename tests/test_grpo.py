@@ -11,7 +11,7 @@ import methods
 from harness.logps import TokenLogps
 from harness.online import Rollout
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, call_cli
 
 GOLDEN = json.loads((REPO / "tests" / "data" / "trl-1.16-grpo-golden.json").read_text())
 X = {k: torch.tensor(v, dtype=torch.float64) for k, v in GOLDEN["inputs"].items()}
@@ -89,7 +89,7 @@ def test_defaults_are_trls_where_the_harness_has_no_reason_to_differ():
 
 
 def test_listed_by_harness_methods():
-    result = run_cli("methods", env={"COLUMNS": "300"})  # wide enough that rich truncates no name
+    result = call_cli("methods", env={"COLUMNS": "300"})  # wide enough that rich truncates no name
     assert result.returncode == 0, result.stderr
     for param in ("loss_type", "scale_rewards", "epsilon_high"):
         assert param in result.stdout

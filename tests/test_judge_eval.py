@@ -15,7 +15,7 @@ from harness.data import Formatter
 from harness.errors import BadInput
 from harness.reference import Reference
 
-from .conftest import quick_overrides, run_cli
+from .conftest import call_cli, quick_overrides
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_missing_judge_and_non_classifier_are_bad_input(tmp_path, embedded):
         make_scorer(str(tmp_path / "no-such-judge"), [])
     with pytest.raises(BadInput, match="not a sequence classifier"):
         make_scorer(embedded.sft_path, [])
-    result = run_cli("train", f"eval.judge={embedded.sft_path}", f"output_dir={tmp_path / 'out'}")
+    result = call_cli("train", f"eval.judge={embedded.sft_path}", f"output_dir={tmp_path / 'out'}")
     assert result.returncode == 2 and "not a sequence classifier" in result.stderr
     assert not (tmp_path / "out").exists()
     with pytest.raises(BadInput, match="embedded task"):
@@ -108,17 +108,17 @@ def test_run_record_holds_eval_metrics_and_harness_eval_reproduces_them(tmp_path
         assert key in m, key
     assert m["judge_agreement_heldout"] >= 0.8
     assert m["sft_cache_hit"] in (True, False)
-    result = run_cli("eval", str(tmp_path / "run"))
+    result = call_cli("eval", str(tmp_path / "run"))
     assert result.returncode == 0, result.stderr
     again = json.loads((tmp_path / "run" / "record.json").read_text())["metrics"]
     assert again["sft_cache_hit"] is True
     for key in ("win_rate", "gold_reward", "kl_to_sft", "heldout_pref_accuracy"):
         assert again[key] == pytest.approx(m[key], abs=1e-6), key
-    result = run_cli("eval", str(tmp_path / "run"), "eval.judge=gold", "eval.num_prompts=20")
+    result = call_cli("eval", str(tmp_path / "run"), "eval.judge=gold", "eval.num_prompts=20")
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "run" / "record.json").read_text())["metrics"]["judge"] == "gold"
-    assert run_cli("eval", str(tmp_path / "run"), "train.max_steps=3").returncode == 2
-    assert run_cli("eval", str(tmp_path / "nothing-here")).returncode == 2
+    assert call_cli("eval", str(tmp_path / "run"), "train.max_steps=3").returncode == 2
+    assert call_cli("eval", str(tmp_path / "nothing-here")).returncode == 2
 
 
 def test_bootstrap_interval_on_real_scores_narrows_with_prompts(judge, embedded):

@@ -18,7 +18,7 @@ from harness.record import RunRecord
 from methods import ONLINE_METRICS, LossOutput, Method, register
 from methods.ppo import adaptive_kl, clipped_policy_loss, clipped_value_loss, gae, last_token_rewards
 
-from .conftest import REPO, quick_overrides, run_cli
+from .conftest import REPO, call_cli, quick_overrides, run_cli
 
 # ------------------------------------------------------------------ PPO's pieces, by hand
 
@@ -179,7 +179,7 @@ def test_killed_ppo_run_resumes_to_the_same_weights(tmp_path, embedded):
 
 
 def test_methods_command_lists_the_online_methods():
-    result = run_cli("methods")
+    result = call_cli("methods")
     assert result.returncode == 0, result.stderr
     for name, param in (("ppo", "target_kl"), ("ppo", "lam"), ("rloo", "k")):
         assert name in result.stdout and param in result.stdout

@@ -12,7 +12,7 @@ from harness.errors import BadInput
 from harness.logps import TokenLogps
 from harness.online import Rollout
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, call_cli
 
 GOLDEN = json.loads((REPO / "tests" / "data" / "trl-1.16-online-dpo-golden.json").read_text())
 X = {k: torch.tensor(v, dtype=torch.float64) for k, v in GOLDEN["inputs"].items()}
@@ -106,6 +106,6 @@ def test_online_dpo_facts_and_params():
 
 
 def test_methods_command_lists_online_dpo():
-    result = run_cli("methods", env={"COLUMNS": "200"})  # rich's table would cut "online_dpo" at 80 columns
+    result = call_cli("methods", env={"COLUMNS": "200"})  # rich's table would cut "online_dpo" at 80 columns
     assert result.returncode == 0, result.stderr
     assert "online_dpo" in result.stdout and "loss_type" in result.stdout

@@ -12,7 +12,7 @@ import pytest
 from evals.leaderboard import write_leaderboard
 from evals.report import FIGURE_DIR, write_report
 
-from .conftest import REPO, run_cli
+from .conftest import REPO, call_cli
 
 RESULTS = REPO / "results"
 SHIPPED = sorted(p.parent.name for p in RESULTS.glob("*/report.md"))
@@ -87,20 +87,20 @@ def test_unreadable_records_are_bad_input_naming_the_file(tmp_path, problem, exp
     folder = _records(tmp_path)
     path = _break(folder, problem)
     for command in ("report", "leaderboard"):
-        result = run_cli(command, str(folder))
+        result = call_cli(command, str(folder))
         assert result.returncode == 2, result.stderr
         line = result.stderr.strip()
         assert "\n" not in line and str(path) in line and expected in line, line
 
 
 def test_report_without_a_folder_reads_the_quickstart_sweep(tmp_path):
-    result = run_cli("report", cwd=tmp_path)  # DESIGN.md: `harness report [DIR]`
+    result = call_cli("report", cwd=tmp_path)  # DESIGN.md: `harness report [DIR]`
     assert result.returncode == 2 and "outputs/sweeps/quickstart" in result.stderr
 
 
 def test_an_empty_folder_is_bad_input(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = run_cli("report", str(tmp_path / "empty"))
+    result = call_cli("report", str(tmp_path / "empty"))
     assert result.returncode == 2 and "no run records" in result.stderr and str(tmp_path / "empty") in result.stderr
     assert not (tmp_path / "empty" / "report.md").exists()
 

@@ -8,6 +8,10 @@ Every run is a separate process started from here and timed from outside (whole-
 loading, tokenising, reference log-probs, training, eval); each prints its own train seconds. Harness and
 TRL runs alternate, so drift in the machine's speed hits both. Shapes:
 
+  embedded  the embedded task's own shape: its 0.87M-parameter Llama (the shipped SFT model, a 114-token
+            vocabulary), its 1,000 training pairs, 8 pairs a step, 150 steps, the reference log-probs already
+            cached on both sides (the harness's cache filled by a run before; TRL's precompute_ref_log_probs,
+            done in DPOTrainer's constructor, outside train()): a quickstart trial's training, overhead-bound
   short   8 steps with an empty cache (a first quick run)
   epoch   one epoch: 256 pairs, 32 steps, empty cache
   sweep   DPO at 4 betas, each trained one epoch and evaluated on 32 held-out prompts (win rate against the
@@ -88,6 +92,67 @@ def build_assets(root: Path, size: str, n_train: int) -> dict:
     parameters = sum(p.numel() for p in policy.parameters())
     tokens = [count(r["prompt"] + r[side]) + 1 for r in train for side in ("chosen", "rejected")]
     return {"parameters": parameters, "mean_tokens": statistics.mean(tokens), "pairs": len(train)}
+
+
+EMBEDDED_STEPS, EMBEDDED_LR = 150, 1e-4  # the harness's defaults (train.max_steps, train.learning_rate)
+
+
+def build_embedded(root: Path) -> dict:
+    """The embedded task's SFT model and training pairs, for both sides; the harness's reference cache filled."""
+    import datasets
+
+    from harness.config import RunConfig, TaskConfig
+    from harness.embedded.build import MODEL_PARAMETERS, prepare_embedded
+
+    assets = prepare_embedded(TaskConfig(), str(root / "cache"))
+    datasets.Dataset.from_list(assets.train_pairs).save_to_disk(str(root / "data"))
+    (root / "sft").symlink_to(assets.sft_path)
+    from app.pipeline import prepare
+    from harness.config import load_config
+
+    prepare(load_config(None, embedded_overrides(root / "warm", root)))  # every training pair's reference log-probs
+    data = RunConfig().data
+    return {"parameters": MODEL_PARAMETERS, "pairs": len(assets.train_pairs), "max_length": data.max_length,
+            "shipped_sft": assets.shipped}
+
+
+def embedded_overrides(out: Path, root: Path) -> list[str]:
+    return [f"output_dir={out}", f"cache_dir={root / 'cache'}", "method.name=dpo", "method.beta=0.1",
+            f"train.batch_size={BATCH}", f"train.max_steps={EMBEDDED_STEPS}", f"train.learning_rate={EMBEDDED_LR}",
+            "train.save_steps=0", "eval.num_prompts=0", "wandb.mode=disabled"]
+
+
+def harness_embedded(root: Path, out: Path, device: str) -> dict:
+    result = timed([sys.executable, "-m", "harness", "train", *embedded_overrides(out, root), f"model.device={device}"])
+    record = json.loads((out / "record.json").read_text())
+    assert record["metrics"]["reference_cache_hit"], "the embedded shape's reference log-probs were not cached"
+    return {**result, "train_s": record["metrics"]["train_time_s"], "steps": record["metrics"]["train_steps"]}
+
+
+def trl_embedded(root: Path, out: Path, device: str) -> dict:
+    return timed([sys.executable, __file__, "--trl-embedded-child", str(root), str(out), device])
+
+
+def trl_embedded_child(root: Path, out: Path, device: str) -> None:
+    """TRL on the embedded shape as a user writes it, the reference log-probs precomputed (in the constructor)."""
+    import datasets
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from harness.config import RunConfig
+
+    train = RunConfig().train  # the harness's schedule: warmup ratio, cosine, no weight decay, clip 1.0
+    args = DPOConfig(output_dir=str(out), per_device_train_batch_size=BATCH, max_length=RunConfig().data.max_length,
+                     max_steps=EMBEDDED_STEPS, learning_rate=EMBEDDED_LR, lr_scheduler_type=train.lr_scheduler,
+                     warmup_steps=train.warmup_ratio, weight_decay=train.weight_decay, max_grad_norm=train.max_grad_norm,
+                     beta=0.1, report_to=[], save_strategy="no", logging_steps=10, use_cpu=device == "cpu",
+                     bf16=device == "cuda", dataloader_num_workers=0, seed=0, disable_tqdm=True,
+                     precompute_ref_log_probs=True)
+    trainer = DPOTrainer(model=str(root / "sft"), args=args, processing_class=AutoTokenizer.from_pretrained(str(root / "sft")),
+                         train_dataset=datasets.load_from_disk(str(root / "data")))
+    started = time.perf_counter()
+    trainer.train()
+    print(json.dumps({"train_s": time.perf_counter() - started, "steps": trainer.state.global_step}))
 
 
 def matmul_peak_gflops(device: str) -> float:
@@ -318,12 +383,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--size", default=None, choices=sorted(SIZES), help="default: 7m on CPU, 100m on CUDA")
-    parser.add_argument("--shapes", default="short,epoch,sweep")
+    parser.add_argument("--shapes", default="embedded,short,epoch,sweep")
     parser.add_argument("--repeats", type=int, default=3, help="alternations of harness and TRL per shape")
     parser.add_argument("--workdir", default=None, help="keep the runs here (default: a temp dir, removed)")
     parser.add_argument("--trl-child", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--trl-embedded-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.trl_embedded_child:
+        root, out, device = args.trl_embedded_child
+        return trl_embedded_child(Path(root), Path(out), device)
     if args.trl_child:
         root, out, steps, device, beta, evaluate = args.trl_child
         return trl_child(Path(root), Path(out), int(steps), device, float(beta), evaluate == "1")
@@ -340,13 +409,18 @@ def main() -> None:
     print(json.dumps({"setup": setup, "device": args.device, "size": size, "matmul_peak_gflops": round(peak, 1),
                       "torch_threads": __import__("torch").get_num_threads()}), flush=True)
 
-    steps = {"short": 8, "epoch": setup["pairs"] // BATCH, "sweep": setup["pairs"] // BATCH}
+    steps = {"embedded": EMBEDDED_STEPS, "short": 8, "epoch": setup["pairs"] // BATCH, "sweep": setup["pairs"] // BATCH}
+    if "embedded" in args.shapes.split(","):
+        print(json.dumps({"embedded_setup": build_embedded(root / "embedded")}), flush=True)
     rows = []
     for shape in args.shapes.split(","):
         harness_runs, trl_runs = [], []
         for repeat in range(args.repeats):
             out = root / shape / str(repeat)
-            if shape == "sweep":
+            if shape == "embedded":
+                harness_runs.append(harness_embedded(root / "embedded", out / "harness", args.device))
+                trl_runs.append(trl_embedded(root / "embedded", out / "trl", args.device))
+            elif shape == "sweep":
                 harness_runs.append(harness_sweep(root, out / "harness", steps[shape], args.device))
                 four = [trl_train(root, out / f"trl-{beta}", steps[shape], args.device, beta, evaluate=True)
                         for beta in BETAS]
@@ -365,9 +439,9 @@ def main() -> None:
               for what in ("reference", "step")}
     epoch = next((r for r in rows if r["shape"] == "epoch"), None)
     flops_per_step = 6 * setup["parameters"] * setup["mean_tokens"] * 2 * BATCH  # fwd + bwd, chosen + rejected
-    print("\nshape   harness wall  TRL wall   ratio (range)        harness train  TRL train  ratio  pairs/s (h/TRL)")
+    print("\nshape     harness wall  TRL wall   ratio (range)        harness train  TRL train  ratio  pairs/s (h/TRL)")
     for row in rows:
-        print(f"{row['shape']:<7} {row['harness_wall_s']:>9.1f} s {row['trl_wall_s']:>8.1f} s  {row['wall_ratio']:>5.2f}x "
+        print(f"{row['shape']:<9} {row['harness_wall_s']:>9.1f} s {row['trl_wall_s']:>8.1f} s  {row['wall_ratio']:>5.2f}x "
               f"({row['wall_ratio_range'][0]:.2f}-{row['wall_ratio_range'][1]:.2f})  {row['harness_train_s']:>11.1f} s "
               f"{row['trl_train_s']:>8.1f} s  {row['train_ratio']:>4.2f}x  {row['harness_pairs_per_s']:.1f}/"
               f"{row['trl_pairs_per_s']:.1f}")

@@ -513,4 +513,21 @@ def collate(examples: list[list[Sequence]], reference: list[list[float]] | None,
     }
     if reference is not None:
         batch["reference_logps"] = torch.tensor([v for values in reference for v in values], dtype=torch.float32)
+    batch["packing"] = pack_rows([len(p) + len(c) for p, c, _ in sequences], length)
     return batch
+
+
+def pack_rows(lengths: list[int], capacity: int) -> dict:
+    """Where each sequence goes when the batch's rows are packed (harness/logps.py): first fit by decreasing
+    length into rows of `capacity` tokens. {"bin": row of each sequence, "offset": its first column, "bins": rows}."""
+    import torch
+
+    room: list[int] = []
+    where = [(0, 0)] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, left in enumerate(room) if left >= lengths[i]), len(room))
+        if row == len(room):
+            room.append(capacity)
+        where[i] = (row, capacity - room[row])
+        room[row] -= lengths[i]
+    return {"bin": torch.tensor([r for r, _ in where]), "offset": torch.tensor([o for _, o in where]), "bins": len(room)}

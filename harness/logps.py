@@ -8,6 +8,14 @@ The LM head runs only where a log-prob is used: the backbone's hidden states at 
 gathered and projected to the vocabulary LOGITS_CHUNK positions at a time, so no (batch, length, vocab)
 float32 logits tensor is ever built. With a 50k vocabulary the head is most of a small model's compute,
 and prompt and padding positions are often half the batch.
+
+Padding is not computed either, where the model allows: a collated batch carries a packing plan (data.py
+`pack_rows`: short rows share a row of the batch's length, first fit by decreasing length), and the forward
+runs on the packed rows with per-sequence position ids and no attention mask, from which transformers builds
+a block-causal mask: every token attends to its own sequence only, as in the padded batch, so the log-probs
+are the same (bit for bit in the tests here), on ~30% fewer positions for the embedded task's batches. A
+model is packed only after its first packed forward matched its padded one (`packs`); one that does not
+honour position ids that way is run padded.
 """
 
 from __future__ import annotations
@@ -98,13 +106,8 @@ def _output_head(model):
     return head if isinstance(head, torch.nn.Module) else None
 
 
-def selected_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
-    """log p(token_t | tokens_<t) at the positions t >= 1 where `select` (batch, length - 1) is True, flat in
-    row-major order. The model's forward runs as usual (through any DDP/peft wrapper, so gradients sync),
-    with its LM head fed no positions; the head then projects only the selected hidden states, in chunks."""
-    head = _output_head(model)
-    if head is None:
-        return token_logps(model, input_ids, attention_mask)[select]
+def _hidden_states(model, head, **inputs) -> torch.Tensor:
+    """The backbone's last hidden states, the forward's own LM head fed no positions."""
     captured = []
 
     def keep_hidden(module, args):
@@ -113,10 +116,58 @@ def selected_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
     handle = head.register_forward_pre_hook(keep_hidden)
     try:
-        model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        model(**inputs, use_cache=False)
     finally:
         handle.remove()
-    hidden = captured[0][:, :-1][select]
+    return captured[0]
+
+
+def _packed_hidden(model, head, input_ids: torch.Tensor, attention_mask: torch.Tensor, packing: dict) -> torch.Tensor:
+    """Hidden states (batch, length, hidden) of the padded rows, computed on the packed rows of `packing`: row i
+    sits in packed row bin[i] from column offset[i], with its own positions 0..len-1."""
+    n, length = input_ids.shape
+    columns = torch.arange(length, device=input_ids.device)
+    valid = attention_mask.bool()
+    bins = packing["bin"].to(input_ids.device)[:, None].expand(n, length)
+    target = (packing["offset"].to(input_ids.device)[:, None] + columns).clamp(max=length - 1)
+    packed = input_ids.new_zeros((packing["bins"], length))
+    packed[bins[valid], target[valid]] = input_ids[valid]
+    # a packed row's tail beyond its last sequence keeps positions that restart no sequence it attends to
+    positions = columns.repeat(packing["bins"], 1)
+    positions[bins[valid], target[valid]] = columns.expand(n, length)[valid]
+    return _hidden_states(model, head, input_ids=packed, position_ids=positions)[bins, target]
+
+
+def packs(model, head, input_ids: torch.Tensor, attention_mask: torch.Tensor, packing: dict) -> bool:
+    """Whether `model` computes packed rows as it computes padded ones: checked once per model, on its first
+    packed batch (a model that ignores position ids, or builds no block-causal mask from them, would let a
+    sequence see its neighbours)."""
+    inner = model.module if hasattr(model, "module") else model
+    verdict = getattr(inner, "_harness_packs", None)
+    if verdict is None:
+        with torch.no_grad():
+            padded = _hidden_states(model, head, input_ids=input_ids, attention_mask=attention_mask)
+            packed = _packed_hidden(model, head, input_ids, attention_mask, packing)
+        valid = attention_mask.bool()
+        verdict = bool(torch.allclose(padded[valid], packed[valid], rtol=1e-4, atol=1e-5))
+        inner._harness_packs = verdict
+    return verdict
+
+
+def selected_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, select: torch.Tensor,
+                   packing: dict | None = None) -> torch.Tensor:
+    """log p(token_t | tokens_<t) at the positions t >= 1 where `select` (batch, length - 1) is True, flat in
+    row-major order. The model's forward runs as usual (through any DDP/peft wrapper, so gradients sync),
+    with its LM head fed no positions, on the packed rows of `packing` where it saves rows and the model
+    `packs`; the head then projects only the selected hidden states, in chunks."""
+    head = _output_head(model)
+    if head is None:
+        return token_logps(model, input_ids, attention_mask)[select]
+    if packing is not None and packing["bins"] < len(input_ids) and packs(model, head, input_ids, attention_mask, packing):
+        hidden = _packed_hidden(model, head, input_ids, attention_mask, packing)
+    else:
+        hidden = _hidden_states(model, head, input_ids=input_ids, attention_mask=attention_mask)
+    hidden = hidden[:, :-1][select]
     targets = input_ids[:, 1:][select]
     out = []
     for hidden_chunk, target_chunk in zip(hidden.split(LOGITS_CHUNK), targets.split(LOGITS_CHUNK)):
@@ -132,7 +183,7 @@ def summed_logps(model, batch: dict[str, torch.Tensor], with_prompt: bool = True
     completion = batch["completion_mask"][:, 1:]
     prompt = batch["prompt_mask"][:, 1:]
     select = completion | prompt if with_prompt else completion
-    values = selected_logps(model, batch["input_ids"], batch["attention_mask"], select)
+    values = selected_logps(model, batch["input_ids"], batch["attention_mask"], select, batch.get("packing"))
     per_token = torch.zeros(select.shape, dtype=values.dtype, device=values.device).masked_scatter(select, values)
     completion_sum = (per_token * completion).sum(-1)
     return completion_sum, (per_token * prompt).sum(-1) if with_prompt else None

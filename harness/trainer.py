@@ -311,7 +311,7 @@ def policy_optimizer(model, cfg: TrainConfig, num_processes: int):
     from transformers import get_scheduler
 
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, foreach=True)
     # accelerate steps a prepared scheduler once per process per optimizer step (it assumes the schedule
     # counts single-process batches), so the schedule is laid out in those ticks: step k then has the same
     # learning rate whatever the number of processes.

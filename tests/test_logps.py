@@ -144,3 +144,67 @@ def test_a_model_that_post_processes_its_logits_takes_the_full_path():
     ids, attention, select = _random_batch(model, seed=2)
     with torch.no_grad():
         assert torch.equal(selected_logps(model, ids, attention, select), token_logps(model, ids, attention)[select])
+
+
+def _varied_batch(model, seed: int = 0):
+    """12 right-padded rows of 3 to 20 tokens."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = [3, 20, 5, 7, 11, 4, 16, 9, 6, 13, 8, 10]
+    ids = torch.zeros((len(lengths), max(lengths)), dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    for i, n in enumerate(lengths):
+        ids[i, :n] = torch.randint(4, model.config.vocab_size, (n,), generator=generator)
+        attention[i, :n] = 1
+    select = attention[:, 1:].bool() & (torch.rand(len(lengths), max(lengths) - 1, generator=generator) > 0.3)
+    return ids, attention, select, lengths
+
+
+def test_packed_rows_give_the_padded_batchs_log_probs_and_gradients():
+    """Short rows packed into shared rows (harness/logps.py: per-sequence position ids, a block-causal mask) give
+    the padded batch's log-probs and gradients, on fewer rows."""
+    from harness.data import pack_rows
+
+    tokenizer = build_tokenizer()
+    model = build_base_model(tokenizer, seed=6)
+    ids, attention, select, lengths = _varied_batch(model)
+    plan = pack_rows(lengths, ids.shape[1])
+    assert plan["bins"] < len(lengths)
+    for row in range(plan["bins"]):  # every sequence inside its row, none overlapping another
+        spans = sorted((int(o), int(o) + n) for b, o, n in zip(plan["bin"], plan["offset"], lengths) if b == row)
+        assert spans[-1][1] <= ids.shape[1] and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    padded = selected_logps(model, ids, attention, select)
+    padded.sum().backward()
+    want = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    packed = selected_logps(model, ids, attention, select, plan)
+    packed.sum().backward()
+    assert model._harness_packs is True  # the first packed batch matched its padded forward
+    assert torch.allclose(packed, padded, atol=1e-5)
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, want[name], atol=1e-5), name
+
+
+class IgnoresPositionIds(torch.nn.Module):
+    """A model that drops position ids: packed sequences would attend to their neighbours."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def get_output_embeddings(self):
+        return self.inner.get_output_embeddings()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+
+def test_a_model_that_ignores_position_ids_is_run_padded():
+    from harness.data import pack_rows
+
+    tokenizer = build_tokenizer()
+    model = IgnoresPositionIds(build_base_model(tokenizer, seed=7))
+    ids, attention, select, lengths = _varied_batch(model, seed=1)
+    with torch.no_grad():
+        got = selected_logps(model, ids, attention, select, pack_rows(lengths, ids.shape[1]))
+        want = selected_logps(model, ids, attention, select)
+    assert model._harness_packs is False and torch.equal(got, want)

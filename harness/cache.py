@@ -137,7 +137,16 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     with writing(path, partial=Path(tmp)):
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
+        _readable(tmp)
         os.replace(tmp, path)
+
+
+def _readable(path: str) -> None:
+    """A temp file's mode as open() would have made it (mkstemp makes it private): a record or report on shared
+    storage stays readable by whoever the umask lets read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_json_atomic(path: str | Path, value: Any, indent: int = 2) -> None:
@@ -211,6 +220,7 @@ class RowCache:
                 with writing(self.folder / name, partial=Path(tmp)):
                     with os.fdopen(fd, "wb") as handle:
                         handle.write(data)
+                    _readable(tmp)
                     os.replace(tmp, self.folder / name)
                 stored.update(zip((keys[i] for i in missing), fresh.tolist()))
         return [stored[k] for k in keys], len(missing)

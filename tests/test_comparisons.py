@@ -183,7 +183,7 @@ def test_generation_ignores_filters_in_the_models_generation_config(embedded):
     assert filtered.generation_config.top_k == 2  # restored afterwards
 
 
-def test_kl_under_non_plain_eval_decoding_comes_from_separate_plain_samples(embedded, judge_scorer):
+def test_kl_under_non_plain_eval_decoding_comes_from_separate_plain_samples(embedded, judge_scorer, cache_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -202,7 +202,7 @@ def test_kl_under_non_plain_eval_decoding_comes_from_separate_plain_samples(embe
     ids = [Formatter(tokenizer, 64, 32).prompt_ids(p) for p in prompts]
     run = lambda **decoding: evaluate(policy, Reference(sft, "kl-decoding-test"), tokenizer, Prompts(prompts, ids),  # noqa: E731
                                       EvalConfig(num_prompts=24, **decoding), {"judge": judge_scorer, "gold": GoldScorer()},
-                                      str(embedded.root.parent.parent))
+                                      cache_dir)
     plain, cooled = run(), run(temperature=0.5)
     assert plain["kl_decoding"] == "plain" and cooled["kl_decoding"] == "plain, separate samples"
     assert cooled["eval_decoding"] == "temperature=0.5 top_p=1.0"

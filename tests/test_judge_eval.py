@@ -45,7 +45,7 @@ def test_judge_is_a_saved_hugging_face_reward_model(judge):
     assert scores[0] > scores[1]
 
 
-def test_sft_against_itself_is_a_coin_flip(judge, embedded):
+def test_sft_against_itself_is_a_coin_flip(judge, embedded, cache_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.generation import sample
@@ -63,7 +63,7 @@ def test_sft_against_itself_is_a_coin_flip(judge, embedded):
     # and through evaluate(): the same model with the same seeded decoding ties on every prompt
     cfg = EvalConfig(num_prompts=40)
     metrics = evaluate(model, Reference(model, "sft-self-test"), tokenizer, Prompts(prompts[:40], ids[:40]), cfg,
-                       {"judge": judge, "gold": GoldScorer()}, str(embedded.root.parent.parent))
+                       {"judge": judge, "gold": GoldScorer()}, cache_dir)
     assert metrics["win_rate"] == 0.5 and metrics["ties"] == 40 and metrics["kl_to_sft"] == pytest.approx(0, abs=1e-5)
     assert metrics["judge_gold_gap"] == 0 and not metrics["judge_gap_flag"] and metrics["judge_agreement_run"] is None
     assert metrics["per_prompt"]["judge"] == [0.5] * 40
@@ -81,7 +81,7 @@ def test_missing_judge_and_non_classifier_are_bad_input(tmp_path, embedded):
         make_scorer("gold", ["What is the capital of France?"])
 
 
-def test_a_scorer_returning_nan_is_an_error(embedded):
+def test_a_scorer_returning_nan_is_an_error(embedded, cache_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     class NanJudge:
@@ -96,7 +96,7 @@ def test_a_scorer_returning_nan_is_an_error(embedded):
     ids = [Formatter(tokenizer, 64, 32).prompt_ids(p) for p in prompts]
     with pytest.raises(ValueError, match="nan-judge.*nan.*response 3"):
         evaluate(model, Reference(model, "nan-test"), tokenizer, Prompts(prompts, ids), EvalConfig(num_prompts=8),
-                 {"judge": NanJudge()}, str(embedded.root.parent.parent))
+                 {"judge": NanJudge()}, cache_dir)
 
 
 def test_run_record_holds_eval_metrics_and_harness_eval_reproduces_them(tmp_path, embedded):

@@ -239,8 +239,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings() -> None:
+    """The harness's own warnings (a damaged cache entry rebuilt, W&B gone offline, rows skipped) as one line
+    each on stderr; a library's keep Python's format, which names where they come from."""
+    import warnings
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ours = [root / package for package in ("harness", "app", "evals", "methods", "sweeps", "cli")]
+    default = warnings.formatwarning
+
+    def formatted(message, category, filename, lineno, line=None):
+        if any(Path(filename).resolve().is_relative_to(package) for package in ours):
+            return f"harness: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+
+    warnings.formatwarning = formatted
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _one_line_warnings()
     if getattr(args, "spec", None) and "=" in args.spec:  # `harness run key=value` with no spec
         args.overrides.insert(0, args.spec)
         args.spec = None

@@ -232,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     assets = sub.add_parser("assets", help="rebuild the embedded task's shipped assets here and compare them with the "
                                            "shipped copies (--write: replace them)")
     assets.add_argument("--write", action="store_true", help="replace the shipped copies with this machine's build")
-    assets.add_argument("--replay", action="store_true", help=f"replay only the first steps of each build and compare "
+    assets.add_argument("--replay", action="store_true", help="replay only the first steps of each build and compare "
                                                               "them with what the build recorded (seconds, not minutes)")
     assets.add_argument("--cache-dir", help="build into this folder and keep it (default: a temp folder)")
     assets.set_defaults(func=cmd_assets)

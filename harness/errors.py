@@ -37,13 +37,28 @@ class WriteFailed(OSError):
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
+def _out_of_space(path) -> bool:
+    """Whether the file system `path` is on (its nearest existing folder's) has under 1 MiB left."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < 2**20
+
+
 @contextlib.contextmanager
 def writing(path, partial: Path | None = None):
     """Around one write site: what the write had begun (`partial`: a temp file or folder) is removed on any
-    error, and a storage error (WRITE_ERRNOS) becomes WriteFailed naming `path`."""
+    error, and a storage error becomes WriteFailed naming `path`: an OSError of WRITE_ERRNOS, or any failure
+    of a writer that reports a full disk its own way (torch's zip writer raises RuntimeError "unexpected pos")
+    when the file system is out of space."""
     try:
         yield
     except BaseException as error:
+        full = isinstance(error, (OSError, RuntimeError)) and not isinstance(error, WriteFailed) and _out_of_space(path)
         if partial is not None:
             import shutil
 
@@ -53,4 +68,6 @@ def writing(path, partial: Path | None = None):
                 Path(partial).unlink(missing_ok=True)
         if isinstance(error, OSError) and not isinstance(error, WriteFailed) and error.errno in WRITE_ERRNOS:
             raise WriteFailed(path, error) from None
+        if full:
+            raise WriteFailed(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))) from error
         raise

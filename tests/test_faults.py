@@ -218,7 +218,11 @@ def _no_temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.rglob(".*") if not p.name.endswith((".lock", ".manifest.json"))]
 
 
-def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_the_run_resumes_from_it(tmp_path, embedded, monkeypatch):
+@pytest.mark.parametrize("error", ["ENOSPC", "torch's writer"])
+def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_the_run_resumes_from_it(tmp_path, embedded, monkeypatch,
+                                                                                       error):
+    """A full disk as Python reports it (OSError ENOSPC), or as torch's zip writer does (a RuntimeError, on a file
+    system with no room left: what a real full disk gave here)."""
     from accelerate import Accelerator
 
     real = Accelerator.save_state
@@ -227,7 +231,10 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_the_run_resumes_fr
         if output_dir.endswith("step-8"):  # the second checkpoint: some files written, then no room
             Path(output_dir).mkdir(parents=True)
             (Path(output_dir) / "model.safetensors").write_bytes(b"\0" * 100)
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            if error == "ENOSPC":
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            monkeypatch.setattr("harness.errors._out_of_space", lambda path: True)
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 651968 vs 651860")
         return real(self, output_dir, **kwargs)
 
     monkeypatch.setattr(Accelerator, "save_state", save_state)
@@ -240,8 +247,19 @@ def test_disk_full_at_a_checkpoint_keeps_the_previous_one_and_the_run_resumes_fr
     assert record["status"] == "failed" and record["error"] == \
         f"WriteFailed: cannot write {run}/checkpoints/step-8: No space left on device"
     monkeypatch.setattr(Accelerator, "save_state", real)  # room again: the same run resumes from step 4
+    monkeypatch.setattr("harness.errors._out_of_space", lambda path: False)
     again = harness.train(_run(tmp_path))
     assert again.status == "completed" and again.metrics["resumed_from_step"] == 4
+
+
+def test_a_writer_failure_with_room_left_is_not_called_a_full_disk(tmp_path):
+    from harness.errors import writing
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # said as it is: not a storage fault
+        with writing(tmp_path / "x", partial=tmp_path / "x"):
+            (tmp_path / "x").write_text("begun")
+            raise RuntimeError("unexpected pos")
+    assert not (tmp_path / "x").exists()  # what it had begun is removed all the same
 
 
 @pytest.mark.parametrize("site", ["record", "metrics", "model", "reference rows", "cache entry"])

@@ -2,7 +2,7 @@
 
 W&B never stops training: a server that does not answer within `wandb.init_timeout` at the start of an
 online run makes the run log offline (one warning, and the record says where: `wandb sync` uploads it
-later); a W&B call that fails mid-run (the server lost, the W&B process gone) ends W&B logging for that run
+later; later runs in the same process, a sweep's next trials, do not wait for it again for RETRY_ONLINE_S); a W&B call that fails mid-run (the server lost, the W&B process gone) ends W&B logging for that run
 with one warning, while the local metrics.jsonl goes on; and the end of a run waits at most
 `wandb.finish_timeout` for the upload.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +21,8 @@ from .config import WandbConfig
 from .errors import writing
 
 METRICS_NAME = "metrics.jsonl"
+RETRY_ONLINE_S = 600.0  # a server found unreachable is not waited for again, by runs in this process, for this long
+_unreachable: dict[str, tuple[float, str]] = {}  # server -> (when it last failed, why): a sweep's trials share it
 
 
 def finite_or_null(value: Any) -> Any:
@@ -82,17 +85,24 @@ class Tracker:
             return wandb.Settings(silent=True, console="off", init_timeout=cfg.init_timeout,
                                   finish_timeout=cfg.finish_timeout)
 
-        try:
-            return wandb.init(mode=self.mode, settings=settings(), **init)
-        except Exception as error:  # wandb raises CommError, UsageError, TimeoutError... for a server it cannot use
-            if self.mode != "online":
-                raise
-            reason = _first_line(error)
+        server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        failed = _unreachable.get(server)
+        if self.mode == "online" and failed is not None and time.time() - failed[0] < RETRY_ONLINE_S:
+            reason = f"still unreachable: {failed[1]}"  # an earlier run in this process waited for it already
+        else:
+            try:
+                run = wandb.init(mode=self.mode, settings=settings(), **init)
+                _unreachable.pop(server, None)
+                return run
+            except Exception as error:  # wandb raises CommError, UsageError, TimeoutError... for a server it cannot use
+                if self.mode != "online":
+                    raise
+                reason = _first_line(error)
+                _unreachable[server] = (time.time(), reason)
         run = wandb.init(mode="offline", settings=settings(), **init)
         where = str(Path(run.dir).parent)  # wandb/offline-run-*: what `wandb sync` takes
-        warnings.warn(f"W&B: no answer from {os.environ.get('WANDB_BASE_URL', 'https://api.wandb.ai')} within "
-                      f"{cfg.init_timeout:g} s ({reason}); this run logs offline to {where} (upload it later: wandb sync "
-                      f"{where})", stacklevel=3)
+        warnings.warn(f"W&B: no answer from {server} within {cfg.init_timeout:g} s ({reason}); this run logs offline "
+                      f"to {where} (upload it later: wandb sync {where})", stacklevel=3)
         self.status.update(wandb="offline", wandb_requested="online", wandb_fallback=reason, wandb_offline_dir=where)
         return run
 

@@ -126,7 +126,10 @@ def _closed_port() -> int:
 
 
 def test_an_unreachable_wandb_server_makes_the_run_log_offline(tmp_path, embedded, monkeypatch):
+    from harness import tracking
     from harness.wandb_offline import summarize
+
+    monkeypatch.setattr(tracking, "_unreachable", {})
 
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # credentials present: the user asked for online logging
@@ -144,6 +147,12 @@ def test_an_unreachable_wandb_server_makes_the_run_log_offline(tmp_path, embedde
     [logged] = Path(tracking["wandb_offline_dir"]).glob("run-*.wandb")  # what `wandb sync` uploads later
     assert summarize(logged)["exited"] and [r["train/loss"] for r in summarize(logged)["history"]] == \
         [r["loss"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "step" in r]
+    # the next run in this process (a sweep's next trial) does not wait for the server again
+    started = time.perf_counter()
+    with pytest.warns(UserWarning, match=r"W&B: no answer .* \(still unreachable: CommError"):
+        again = harness.train(load_config(None, quick_overrides(tmp_path / "again", **{
+            "wandb.mode": "online", "wandb.init_timeout": 3, "train.max_steps": 1, "eval.num_prompts": 0})))
+    assert again.tracking["wandb"] == "offline" and time.perf_counter() - started < 3
 
 
 def test_wandb_lost_mid_run_never_fails_the_run(tmp_path, embedded, monkeypatch):

@@ -4,6 +4,7 @@ compare them with the shipped copies file by file, or replace the shipped copies
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -51,14 +52,32 @@ def fingerprints(entries: dict[str, Path]) -> dict[str, str]:
 
 
 def write(built: dict[str, Path]) -> None:
-    """Replace the shipped entries with `built` (and BUILT.json)."""
+    """Replace the shipped entries with `built` (and BUILT.json), all at once: they are assembled beside the
+    shipped folder and renamed into its place, so a failure part-way leaves the shipped copies as they were."""
     from harness.cache import write_json_atomic
+    from harness.errors import BadInput, writing
 
-    for kind in KINDS:
-        shutil.rmtree(ASSETS / kind, ignore_errors=True)
-        shutil.copytree(built[kind], ASSETS / kind / built[kind].name)
-    write_json_atomic(BUILT, {**where_built(), "fingerprints": fingerprints(built),
-                              "entries": {kind: built[kind].name for kind in KINDS}})
+    if not os.access(ASSETS.parent, os.W_OK):
+        raise BadInput(f"{ASSETS}: not writable (the shipped assets are replaced in a checkout installed with "
+                       "pip install -e, then committed)")
+    staging, old = ASSETS.with_name(".assets-writing"), ASSETS.with_name(".assets-replaced")
+    for leftover in (staging, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    with writing(ASSETS, partial=staging):
+        for kind in KINDS:
+            shutil.copytree(built[kind], staging / kind / built[kind].name)
+        write_json_atomic(staging / BUILT.name, {**where_built(), "fingerprints": fingerprints(built),
+                                                 "entries": {kind: built[kind].name for kind in KINDS}})
+        os.replace(ASSETS, old)
+        os.replace(staging, ASSETS)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _machines(shipped: dict) -> dict:
+    """Where the shipped assets were built against where this rebuild ran: bit for bit is expected only when equal."""
+    here = where_built()
+    there = {k: shipped.get(k) for k in here}
+    return {"built_here": here, "shipped_from": there, "same_machine_type": here == there}
 
 
 def check_or_write(write_them: bool = False, cache_dir: str | None = None) -> tuple[dict, int]:
@@ -72,12 +91,10 @@ def check_or_write(write_them: bool = False, cache_dir: str | None = None) -> tu
             write(built)
             return {"wrote": {kind: str(ASSETS / kind / built[kind].name) for kind in KINDS}}, 0
         shipped = json.loads(BUILT.read_text())
-        here, there = where_built(), {k: shipped.get(k) for k in where_built()}
         found = differences(built)
-        report = {"built_here": here, "shipped_from": there, "same_machine_type": here == there,
-                  "fingerprints_here": fingerprints(built), "shipped_fingerprints": shipped["fingerprints"],
-                  "bit_for_bit": not found, "differing_files": found}
-        return report, 1 if here == there and found else 0
+        report = {**_machines(shipped), "fingerprints_here": fingerprints(built),
+                  "shipped_fingerprints": shipped["fingerprints"], "bit_for_bit": not found, "differing_files": found}
+        return report, 1 if report["same_machine_type"] and found else 0
     finally:
         if not cache_dir:
             shutil.rmtree(cache, ignore_errors=True)
@@ -112,11 +129,10 @@ def replay_check(workdir: str | None = None) -> tuple[dict, int]:
         differing = [f"embedded-task/{task.name}/{name}" for name in files
                      if (out / name).read_bytes() != (task / name).read_bytes()]
         differing += [f"{name} weights after {REPLAY_STEPS} steps" for name in digests if digests[name] != recorded[name]]
-        here, there = where_built(), {k: shipped.get(k) for k in where_built()}
-        report = {"built_here": here, "shipped_from": there, "same_machine_type": here == there,
-                  "replayed_steps": REPLAY_STEPS, "files_compared": files, "digests_here": digests,
-                  "digests_shipped": recorded, "bit_for_bit": not differing, "differing": differing}
-        return report, 1 if here == there and differing else 0
+        report = {**_machines(shipped), "replayed_steps": REPLAY_STEPS, "files_compared": files,
+                  "digests_here": digests, "digests_shipped": recorded, "bit_for_bit": not differing,
+                  "differing": differing}
+        return report, 1 if report["same_machine_type"] and differing else 0
     finally:
         if not workdir:
             shutil.rmtree(out, ignore_errors=True)

@@ -233,12 +233,11 @@ def _train(ctx: RunContext, output_dir: Path, accelerator, started: float, spec:
         raise
     finally:
         try:
-            if accelerator.is_main_process:
-                record.tracking = tracker.status
-                _write_record(record)
-        finally:
             tracker.finish(failed=record.status != "completed")
-            record.tracking = tracker.status  # finishing may have lost W&B too
+        finally:
+            record.tracking = tracker.status  # finishing may have lost W&B too: the record on disk says so
+            if accelerator.is_main_process:
+                _write_record(record)
     return record
 
 
@@ -264,7 +263,12 @@ def _save_model(policy, tokenizer, target: Path) -> None:
         tokenizer.save_pretrained(tmp)
         if target.exists():
             os.replace(target, old)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old.exists():
+                os.replace(old, target)  # the previous model back in its place
+            raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -248,12 +248,15 @@ def _one_line_warnings() -> None:
     root = Path(__file__).resolve().parents[1]
     ours = [root / package for package in ("harness", "app", "evals", "methods", "sweeps", "cli")]
     default = warnings.formatwarning
+    if getattr(default, "harness_one_line", False):  # main() called again in this process: installed already
+        return
 
     def formatted(message, category, filename, lineno, line=None):
         if any(Path(filename).resolve().is_relative_to(package) for package in ours):
             return f"harness: warning: {message}\n"
         return default(message, category, filename, lineno, line)
 
+    formatted.harness_one_line = True
     warnings.formatwarning = formatted
 
 

@@ -217,7 +217,11 @@ def preference_accuracy(method, policy, sft_logps: list[list[float]], examples, 
     log-ratio scores exactly 0.5 at SFT, an average log-prob does not)."""
     import torch
 
-    policy_side = torch.tensor(sequence_logps_of(policy, examples, pad_token_id, batch_size, "held-out: policy"))
+    # computed as the SFT side was (each sequence on its own, in batches of one length: Reference.cached_sequence_logps),
+    # so a policy equal to the SFT model gets the same values to the bit and a log-ratio of exactly 0
+    single = [[sequence] for example in examples for sequence in example]
+    flat = iter(sequence_logps_of(policy, single, pad_token_id, batch_size, "held-out: policy"))
+    policy_side = torch.tensor([[next(flat)[0] for _ in example] for example in examples])
     sft_side = torch.tensor(sft_logps)
     tokens = torch.tensor([[len(c) for _, c, _ in example] for example in examples], dtype=torch.float64)
     reference = None if method.reference_free else sft_side.double()

@@ -241,7 +241,8 @@ def boards(*folders: str | Path) -> tuple[pd.DataFrame, Selection | None, pd.Dat
     """The records under `folders`, the selection rule (one folder with a stored spec), the board (picks with
     their marks, or every configuration ranked) and the verdict across KL budgets (with a selection rule):
     what the leaderboard and the report are computed from. Computed once per process for the same files (keyed
-    by their content), and returned as copies."""
+    by their content), and returned as copies of the tables (a caller may add or drop columns; the cells that
+    hold lists and dicts, such as outcomes and config, are shared: read them, never change them in place)."""
     folders = tuple(Path(f) for f in folders)
     digest = hashlib.sha256()
     for folder in folders:
@@ -267,8 +268,7 @@ def write_leaderboard(folder: str | Path, out: str | Path | None = None) -> list
     folder = Path(folder)
     out = Path(out or folder)
     records, selection, table, stability = boards(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "leaderboard.csv", index=False)
+    write_text_atomic(out / "leaderboard.csv", table.to_csv(index=False))
     title = "best configuration per method (picked on validation, reported on test)" if selection else "leaderboard"
     rows = display_rows(table, selection is not None)
     text = f"# {title}\n\n{legend(table, records, folder, selection)}\n\n"
@@ -279,7 +279,7 @@ def write_leaderboard(folder: str | Path, out: str | Path | None = None) -> list
         text += to_markdown(rows)
     if selection is not None:
         if not stability.empty:
-            stability.to_csv(out / "stability.csv", index=False)
+            write_text_atomic(out / "stability.csv", stability.to_csv(index=False))
             text += ("\n## The verdict across KL budgets\n\nPicks and marks recomputed from the selection-stage runs "
                      "(picked on their validation prompts, judged on their test prompts) at each budget:\n\n"
                      + to_markdown(stability_rows(stability))

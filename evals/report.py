@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.cache import write_text_atomic
+from harness.cache import write_bytes_atomic, write_text_atomic
 
 from .ablation import reference_section
 from .aggregate import seed_prompt_interval
@@ -605,10 +605,8 @@ def write_report(folders: list[str | Path], out: str | Path | None = None) -> tu
     out = Path(out or folders[0])
     blocks, title, board, figures = build_report(folders)
     markdown, page, files = render(blocks, title)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / FIGURE_DIR).mkdir(exist_ok=True)
     for name, data in files.items():
-        (out / FIGURE_DIR / name).write_bytes(data)
+        write_bytes_atomic(out / FIGURE_DIR / name, data)
     write_text_atomic(out / "report.md", markdown)
     write_text_atomic(out / "report.html", page)
     return out / "report.md", out / "report.html", board, figures

@@ -63,20 +63,24 @@ def verify(folder: Path) -> str | None:
         return "its manifest is unreadable"
     for name, (size, digest) in files.items():
         path = folder / name
-        if not path.is_file():
+        try:
+            if path.stat().st_size != size:
+                return f"{name} is {path.stat().st_size} bytes where {size} were written"
+            if file_digest(path) != digest:
+                return f"{name} does not match its checksum"
+        except OSError:  # gone, or moved aside by another process as we read it
             return f"{name} is missing"
-        if path.stat().st_size != size:
-            return f"{name} is {path.stat().st_size} bytes where {size} were written"
-        if file_digest(path) != digest:
-            return f"{name} does not match its checksum"
     return None
 
 
 def _verified_once(folder: Path) -> str | None:
     """verify(), remembered per process for an entry that passed, until any of its files changes (size or
     modification time): a long run reads its entries many times, and hashing is the costly part."""
-    stamp = (str(folder), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
-                                if p.is_file()))
+    try:
+        stamp = (str(folder), tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                                    for p in sorted(folder.rglob("*")) if p.is_file()))
+    except OSError:  # another process moved the entry aside while we listed it: the locked path decides
+        return "it changed while it was being read"
     if stamp in _verified:
         return None
     problem = verify(folder)
@@ -86,7 +90,10 @@ def _verified_once(folder: Path) -> str | None:
 
 
 def set_aside(path: Path, reason: str) -> Path:
-    """Move a damaged entry (or shard) out of the cache's way, beside it, and say so in one line."""
+    """Move a damaged entry (or shard) out of the cache's way, beside it, and say so in one line. The latest
+    damaged copy of each entry is kept (to look at), earlier ones are removed, so they never pile up."""
+    for earlier in path.parent.glob(f".{path.name}.damaged-*"):
+        shutil.rmtree(earlier, ignore_errors=True) if earlier.is_dir() else earlier.unlink(missing_ok=True)
     aside = path.with_name(f".{path.name}.damaged-{time.time_ns()}")
     os.replace(path, aside)
     warnings.warn(f"cache entry {path}: {reason}; moved it to {aside} and rebuilding it", stacklevel=3)
@@ -127,26 +134,29 @@ def cached_dir(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path
     return final, False
 
 
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write to a temp file beside `path`, then rename it over `path`: a reader sees the old file or the new
-    one, never half of one. A failed write (WriteFailed) leaves the old file and no temp file."""
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write to a temp file beside `path` (a dot-name no reader lists), then rename it over `path`: a reader
+    sees the old file or the new one, never half of one. A failed write (WriteFailed) leaves the old file and
+    no temp file."""
     path = Path(path)
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     with writing(path, partial=Path(tmp)):
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        _readable(tmp)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        # the mode open() would have given it (mkstemp makes it private): a record or report on shared storage
+        # stays readable by whoever the umask lets read it
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
 
 
-def _readable(path: str) -> None:
-    """A temp file's mode as open() would have made it (mkstemp makes it private): a record or report on shared
-    storage stays readable by whoever the umask lets read it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
+
+
+_UMASK = os.umask(0)  # read once, at import: setting it back and forth later would race with other threads
+os.umask(_UMASK)
 
 
 def write_json_atomic(path: str | Path, value: Any, indent: int = 2) -> None:
@@ -186,7 +196,7 @@ class RowCache:
 
     def load(self) -> dict[bytes, float]:
         found: dict[bytes, float] = {}
-        for shard in sorted(self.folder.glob("*.safetensors")):
+        for shard in sorted(self.folder.glob("[!.]*.safetensors")):  # not a writer's temp file, nor one set aside
             values, problem = self._shard_values(shard)
             if problem is not None:
                 set_aside(shard, problem)
@@ -216,11 +226,6 @@ class RowCache:
                 fresh = torch.tensor(compute(missing), dtype=torch.float32)
                 data = save({"keys": torch.tensor([list(keys[i]) for i in missing], dtype=torch.uint8), "values": fresh})
                 name = f"{time.time_ns()}-{os.getpid()}-{hashlib.sha256(data).hexdigest()[:16]}.safetensors"
-                fd, tmp = tempfile.mkstemp(prefix=".shard-", suffix=".safetensors", dir=self.folder)
-                with writing(self.folder / name, partial=Path(tmp)):
-                    with os.fdopen(fd, "wb") as handle:
-                        handle.write(data)
-                    _readable(tmp)
-                    os.replace(tmp, self.folder / name)
+                write_bytes_atomic(self.folder / name, data)
                 stored.update(zip((keys[i] for i in missing), fresh.tolist()))
         return [stored[k] for k in keys], len(missing)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Collection
 
-from .errors import BadInput
+from .errors import BadInput, first_line, storage_fault
 from .logps import CHOSEN, MISMATCHED, MISMATCHED_ROWS, PAIRS, REJECTED, ROWS
 from .models import looks_local
 
@@ -64,10 +64,12 @@ def load_rows(source: str, split: str = "train", subset: str | None = None, cach
                     dataset = datasets.load_dataset(FILE_BUILDERS[path.suffix], data_files=str(path), split="train",
                                                     cache_dir=cache_dir)
             except Exception as error:  # datasets wraps the reader's error; say what is wrong and where
+                if storage_fault(error):
+                    raise
                 if path.suffix == ".jsonl" and skip_invalid:
                     return _readable_jsonl_rows(path, skipped), skipped
                 raise BadInput(_diagnose(path) or f"{path}: cannot read it as {path.suffix} "
-                               f"({type(error).__name__}: {_first_line(error)})") from None
+                               f"({type(error).__name__}: {first_line(error)})") from None
         elif path.is_dir():
             if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
                 dataset = datasets.load_from_disk(str(path))
@@ -78,6 +80,8 @@ def load_rows(source: str, split: str = "train", subset: str | None = None, cach
                     with _quiet(datasets):
                         dataset = datasets.load_dataset(str(path), subset, split=split, cache_dir=cache_dir)
                 except Exception as error:  # one of its files is unreadable: find it, as for a file given alone
+                    if storage_fault(error):  # datasets' own cache out of room: not the folder's fault
+                        raise
                     files = sorted(p for p in path.rglob("*") if p.suffix in FILE_BUILDERS and p.is_file()
                                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
                     for file in files:
@@ -85,7 +89,7 @@ def load_rows(source: str, split: str = "train", subset: str | None = None, cach
                         if problem := _diagnose(file):
                             raise BadInput(problem) from None
                     raise BadInput(f"{path}: cannot read this folder as a dataset ({type(error).__name__}: "
-                                   f"{_first_line(error)})") from None
+                                   f"{first_line(error)})") from None
         elif path.suffix in FILE_BUILDERS or looks_local(source):
             raise BadInput(f"data file not found: {source}")
         else:
@@ -93,7 +97,9 @@ def load_rows(source: str, split: str = "train", subset: str | None = None, cach
     except BadInput:
         raise
     except (FileNotFoundError, ValueError, ConnectionError, OSError) as error:
-        raise BadInput(f"cannot load data.source {source!r} (split {split!r}): {_first_line(error)}") from None
+        if storage_fault(error):
+            raise
+        raise BadInput(f"cannot load data.source {source!r} (split {split!r}): {first_line(error)}") from None
     return dataset.to_list(), skipped
 
 
@@ -106,11 +112,6 @@ def _quiet(datasets):
         yield
     finally:
         datasets.logging.set_verbosity(before)
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _decode_lines(path: Path) -> tuple[list[str] | None, str | None]:

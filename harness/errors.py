@@ -19,6 +19,12 @@ def validation_message(error, what: str = "key") -> str:
     return f"{what} {key!r}: {message}" if key else message
 
 
+def first_line(error: BaseException) -> str:
+    """An error's message in one line (its first), or its type's name when it has none."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class WriteFailed(OSError):
     """A write the harness could not complete (a full disk, a quota, a read-only folder). One line naming the
     path; the write it interrupted left nothing behind, and what was there before it is intact."""
@@ -31,10 +37,32 @@ class WriteFailed(OSError):
     def __str__(self) -> str:
         return self.strerror
 
+    def __reduce__(self):  # as it was raised, across processes: a Ray trial's or worker's error reaches the driver whole
+        return _write_failed, (self.path, self.errno, self.strerror)
+
+
+def _write_failed(path: str, number: int | None, message: str) -> WriteFailed:
+    error = WriteFailed.__new__(WriteFailed)
+    OSError.__init__(error, number, message)
+    error.path = path
+    return error
+
 
 # What a write meets when the storage, not the harness, is at fault: a full disk, a quota, a file too large,
 # a read-only mount.
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+# How writers that do not raise OSError report a full disk: torch's zip writer (torch.save, accelerate's
+# checkpoints) raises RuntimeError "[enforce fail at inline_container.cc] . unexpected pos ..." or "PytorchStreamWriter
+# failed writing file ...".
+_WRITER_RUNTIME_ERRORS = ("unexpected pos", "PytorchStreamWriter failed", "file write failed")
+
+
+def storage_fault(error: BaseException) -> bool:
+    """Whether an error is the machine's, not the input's: no room or memory left. Code that turns a reader's
+    errors into BadInput lets these through as they are."""
+    return isinstance(error, MemoryError) or isinstance(error, OSError) and error.errno in WRITE_ERRNOS
 
 
 def _out_of_space(path) -> bool:
@@ -58,7 +86,9 @@ def writing(path, partial: Path | None = None):
     try:
         yield
     except BaseException as error:
-        full = isinstance(error, (OSError, RuntimeError)) and not isinstance(error, WriteFailed) and _out_of_space(path)
+        writer = isinstance(error, OSError) or isinstance(error, RuntimeError) and any(
+            marker in str(error) for marker in _WRITER_RUNTIME_ERRORS)  # not a training error (Diverged, out of memory)
+        full = writer and not isinstance(error, WriteFailed) and _out_of_space(path)
         if partial is not None:
             import shutil
 

@@ -149,7 +149,15 @@ def packs(model, head, input_ids: torch.Tensor, attention_mask: torch.Tensor, pa
             padded = _hidden_states(model, head, input_ids=input_ids, attention_mask=attention_mask)
             packed = _packed_hidden(model, head, input_ids, attention_mask, packing)
         valid = attention_mask.bool()
-        verdict = bool(torch.allclose(padded[valid], packed[valid], rtol=1e-4, atol=1e-5))
+        padded, packed = padded[valid].float(), packed[valid].float()
+        kind = padded.device.type
+        eps = max(torch.finfo(padded.dtype).eps,
+                  torch.finfo(torch.get_autocast_dtype(kind)).eps if torch.is_autocast_enabled(kind) else 0.0)
+        if eps < 1e-4:  # float32 kernels: the two agree to rounding
+            verdict = bool(torch.allclose(padded, packed, rtol=1e-4, atol=1e-5))
+        else:  # bf16/fp16 compute: a few of its epsilons of the states' scale (measured: 0.013 on 0.79 under bf16
+            # autocast), where a sequence that sees its neighbours is off by the scale itself (4.7 on 0.79)
+            verdict = bool((padded - packed).abs().max() <= 8 * eps * padded.abs().mean())
         inner._harness_packs = verdict
     return verdict
 

@@ -9,6 +9,7 @@ with one warning, while the local metrics.jsonl goes on; and the end of a run wa
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import WandbConfig
-from .errors import writing
+from .errors import first_line, writing
 
 METRICS_NAME = "metrics.jsonl"
 RETRY_ONLINE_S = 600.0  # a server found unreachable is not waited for again, by runs in this process, for this long
@@ -57,8 +58,8 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+    """The error's type and the first line of its message: what the record and the warning say."""
+    return f"{type(error).__name__}: {first_line(error)}" if str(error).strip() else type(error).__name__
 
 
 class Tracker:
@@ -89,6 +90,7 @@ class Tracker:
         failed = _unreachable.get(server)
         if self.mode == "online" and failed is not None and time.time() - failed[0] < RETRY_ONLINE_S:
             reason = f"still unreachable: {failed[1]}"  # an earlier run in this process waited for it already
+            waited = "not asked again"
         else:
             try:
                 run = wandb.init(mode=self.mode, settings=settings(), **init)
@@ -99,9 +101,10 @@ class Tracker:
                     raise
                 reason = _first_line(error)
                 _unreachable[server] = (time.time(), reason)
+                waited = f"no answer within {cfg.init_timeout:g} s"
         run = wandb.init(mode="offline", settings=settings(), **init)
         where = str(Path(run.dir).parent)  # wandb/offline-run-*: what `wandb sync` takes
-        warnings.warn(f"W&B: no answer from {server} within {cfg.init_timeout:g} s ({reason}); this run logs offline "
+        warnings.warn(f"W&B: {server}: {waited} ({reason}); this run logs offline "
                       f"to {where} (upload it later: wandb sync {where})", stacklevel=3)
         self.status.update(wandb="offline", wandb_requested="online", wandb_fallback=reason, wandb_offline_dir=where)
         return run
@@ -125,15 +128,20 @@ class Tracker:
 
     def _append(self, row: dict[str, Any]) -> None:
         """One JSON line; a write that fails (a full disk) leaves the file as it was (WriteFailed names it)."""
-        line = json.dumps(finite_or_null(row), allow_nan=False) + "\n"
-        with writing(self.path), self.path.open("a") as handle:
-            size = handle.tell()
+        line = (json.dumps(finite_or_null(row), allow_nan=False) + "\n").encode()
+        with writing(self.path):
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             try:
-                handle.write(line)
-                handle.flush()
-            except OSError:
-                handle.truncate(size)
-                raise
+                size = os.fstat(fd).st_size
+                try:
+                    written = os.write(fd, line)
+                    if written < len(line):  # a short write: the disk filled part-way through the line
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                except OSError:
+                    os.ftruncate(fd, size)  # no buffer to flush first, so the cut-off bytes go (a text file's truncate would retry them)
+                    raise
+            finally:
+                os.close(fd)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
         if self.path is None:

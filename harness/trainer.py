@@ -113,6 +113,8 @@ def sequence_logps_of(model, examples, pad_token_id: int, batch_size: int = 64, 
     values: list[list[float]] = [[] for _ in examples]
     for indices in tqdm(batches, desc=desc, leave=False):
         batch = collate([examples[i] for i in indices], None, pad_token_id)
+        # without the packing plan (not a tensor) on purpose: a cached row's value must not depend on the rows
+        # that shared its batch, and packing would make it
         completion, _ = summed_logps(model, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)},
                                      with_prompt=False)
         flat = completion.tolist()

@@ -309,9 +309,13 @@ def test_method_comparison_follows_the_protocol(tmp_path):
 def test_reference_records_carry_what_a_reviewer_checks():
     keys = ("judge_agreement_run", "judge_gold_gap_low", "judge_gold_gap_high", "heldout_pref_gain", "heldout_pref_ceiling",
             "kl_to_sft_se", "kl_per_token", "kl_decoding", "pairs_seen", "val_gold_win_rate")
+    built = json.loads((REPO / "harness" / "embedded" / "assets" / "BUILT.json").read_text())["fingerprints"]
     commits: dict[str, set] = {}
     for path in sorted(RESULTS.rglob("record.json")):
         record = json.loads(path.read_text())
+        # every folder ran on the shipped SFT model and judge, so any machine regenerates it from the same models
+        assert record["dataset"]["shipped_assets"] is True, path
+        assert (record["dataset"]["sft_fingerprint"], record["dataset"]["judge_fingerprint"]) == (built["sft"], built["judge"]), path
         missing = [k for k in keys if k not in record["metrics"]]
         assert not missing, f"{path}: {missing}"
         assert record["metrics"]["kl_decoding"] == "plain" and record["outcomes"]["test"]["judge"]

@@ -3,6 +3,8 @@
 import json
 import statistics
 
+import pytest
+
 from harness.embedded.task import ASPECTS, ITEMS, SENTIMENT_CAP, ReviewTask, gold_reward, prompt_text
 
 P = "review pizza price :"
@@ -166,3 +168,42 @@ def test_the_shipped_builds_replay_here_bit_for_bit_and_records_say_which_assets
     assert shipped.dataset["shipped_assets"] is True and here.dataset["shipped_assets"] is False
     assert shipped.dataset["sft_fingerprint"] == json.loads(BUILT.read_text())["fingerprints"]["sft"]
     assert here.dataset["sft_fingerprint"] != shipped.dataset["sft_fingerprint"]
+
+
+def test_writing_the_shipped_assets_replaces_them_whole_or_not_at_all(tmp_path, monkeypatch):
+    """`harness assets --write` (on fake entries, in a copy of the shipped folder): the new entries and BUILT.json
+    replace the old ones at once; a copy that fails part-way leaves the shipped folder as it was."""
+    import shutil
+
+    import app.assets as assets
+    from harness.embedded.shipped import ASSETS, KINDS
+
+    copy = tmp_path / "pkg" / "assets"
+    shutil.copytree(ASSETS, copy)
+    before = sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*"))
+    monkeypatch.setattr(assets, "ASSETS", copy)
+    monkeypatch.setattr(assets, "BUILT", copy / "BUILT.json")
+    monkeypatch.setattr(assets, "fingerprints", lambda built: {kind: built[kind].name for kind in built})
+    built = {}
+    for kind in KINDS:
+        (tmp_path / "built" / kind / f"{kind}-new").mkdir(parents=True)
+        (tmp_path / "built" / kind / f"{kind}-new" / "weights").write_text(kind)
+        built[kind] = tmp_path / "built" / kind / f"{kind}-new"
+    real = shutil.copytree
+
+    def fails_at_the_judge(source, target, *args, **kwargs):
+        if "embedded-judge" in str(source):
+            raise OSError(28, "No space left on device")
+        return real(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copytree", fails_at_the_judge)
+    with pytest.raises(OSError, match="No space left on device"):
+        assets.write(built)
+    assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*")) == before  # untouched
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["assets"]  # nothing half-built beside it
+    monkeypatch.setattr(shutil, "copytree", real)
+    assets.write(built)
+    assert sorted(p.relative_to(copy).as_posix() for p in copy.rglob("*")) == sorted(
+        ["BUILT.json"] + [f"{kind}{suffix}" for kind in KINDS for suffix in ("", f"/{kind}-new", f"/{kind}-new/weights")])
+    written = json.loads((copy / "BUILT.json").read_text())
+    assert written["entries"] == {kind: f"{kind}-new" for kind in KINDS} and written["fingerprints"]["embedded-judge"]

@@ -134,7 +134,7 @@ def test_an_unreachable_wandb_server_makes_the_run_log_offline(tmp_path, embedde
     monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # credentials present: the user asked for online logging
     started = time.perf_counter()
-    with pytest.warns(UserWarning, match=r"W&B: no answer from http://127\.0\.0\.1:\d+ within 3 s .*; this run logs "
+    with pytest.warns(UserWarning, match=r"W&B: http://127\.0\.0\.1:\d+: no answer within 3 s .*; this run logs "
                                          r"offline to .*offline-run-.* \(upload it later: wandb sync .*\)"):
         record = harness.train(load_config(None, quick_overrides(tmp_path, **{
             "wandb.mode": "online", "wandb.init_timeout": 3, "train.max_steps": 3, "train.log_steps": 1,
@@ -149,7 +149,7 @@ def test_an_unreachable_wandb_server_makes_the_run_log_offline(tmp_path, embedde
         [r["loss"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "step" in r]
     # the next run in this process (a sweep's next trial) does not wait for the server again
     started = time.perf_counter()
-    with pytest.warns(UserWarning, match=r"W&B: no answer .* \(still unreachable: CommError"):
+    with pytest.warns(UserWarning, match=r"W&B: http://\S+: not asked again \(still unreachable: CommError"):
         again = harness.train(load_config(None, quick_overrides(tmp_path / "again", **{
             "wandb.mode": "online", "wandb.init_timeout": 3, "train.max_steps": 1, "eval.num_prompts": 0})))
     assert again.tracking["wandb"] == "offline" and time.perf_counter() - started < 3
@@ -174,6 +174,21 @@ def test_wandb_lost_mid_run_never_fails_the_run(tmp_path, embedded, monkeypatch)
     assert record.tracking["wandb_lost"] == "log: CommError: connection to the W&B server lost"
     steps = [r["step"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "step" in r]
     assert steps == [1, 2, 3, 4, 5]  # the local log has every step
+
+
+def test_wandb_lost_at_finish_is_in_the_record_on_disk(tmp_path, embedded, monkeypatch):
+    import wandb
+
+    def lost(self, *args, **kwargs):
+        raise wandb.errors.CommError("connection to the W&B server lost")
+
+    monkeypatch.setattr(wandb.sdk.wandb_run.Run, "finish", lost)
+    with pytest.warns(UserWarning, match=r"W&B: finish failed"):
+        record = harness.train(load_config(None, quick_overrides(tmp_path, **{
+            "wandb.mode": "offline", "train.max_steps": 2, "eval.num_prompts": 0})))
+    on_disk = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record.status == on_disk["status"] == "completed"
+    assert on_disk["tracking"]["wandb_lost"] == "finish: CommError: connection to the W&B server lost"
 
 
 # ------------------------------------------------------------------ a full disk
@@ -271,6 +286,23 @@ def test_a_writer_failure_with_room_left_is_not_called_a_full_disk(tmp_path):
     assert not (tmp_path / "x").exists()  # what it had begun is removed all the same
 
 
+def test_write_failed_crosses_processes_whole_and_only_a_writers_error_is_called_a_full_disk(tmp_path, monkeypatch):
+    import pickle
+
+    from harness.errors import writing
+
+    error = WriteFailed(tmp_path / "record.json", OSError(errno.ENOSPC, "x"))
+    again = pickle.loads(pickle.dumps(error))  # what Ray does to a trial's error on its way to the driver
+    assert (type(again), str(again), again.errno, again.path) == (WriteFailed, str(error), errno.ENOSPC, error.path)
+    monkeypatch.setattr("harness.errors._out_of_space", lambda path: True)
+    with pytest.raises(WriteFailed):
+        with writing(tmp_path / "x"):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 651968 vs 651860")
+    with pytest.raises(RuntimeError, match="^loss is nan at step 3$"):  # a training error stays one, disk or not
+        with writing(tmp_path / "x"):
+            raise RuntimeError("loss is nan at step 3")
+
+
 @pytest.mark.parametrize("site", ["record", "metrics", "model", "reference rows", "cache entry"])
 def test_disk_full_at_each_write_site_names_the_path_and_loses_nothing_written_before(tmp_path, embedded, monkeypatch,
                                                                                        site):
@@ -281,18 +313,17 @@ def test_disk_full_at_each_write_site_names_the_path_and_loses_nothing_written_b
     if site == "record":  # the final record (`completed`): the one written at the start stays
         _fill_disk_at(monkeypatch, "harness.cache", lambda path: "/.record.json-" in path, nth=2)
         expected = run / "record.json"
-    elif site == "metrics":  # the 6th line of metrics.jsonl
-        real_open = Path.open
-        lines = []
+    elif site == "metrics":  # the 6th line of metrics.jsonl: the disk fills part-way through it, as os.write sees it
+        real_write, lines = os.write, []
 
-        def path_open(self, mode="r", *args, **kwargs):
-            handle = real_open(self, mode, *args, **kwargs)
-            if self.name == "metrics.jsonl" and "a" in mode:
+        def write(fd, data):
+            if os.readlink(f"/proc/self/fd/{fd}").endswith("/metrics.jsonl"):
                 lines.append(1)
-                return FullDisk(handle) if len(lines) == 6 else handle
-            return handle
+                if len(lines) == 6:
+                    return real_write(fd, data[:10])  # a short write: the first 10 bytes land, then no room
+            return real_write(fd, data)
 
-        monkeypatch.setattr(Path, "open", path_open)
+        monkeypatch.setattr(os, "write", write)
         expected = run / "metrics.jsonl"
     elif site == "model":
         from transformers import PreTrainedModel
@@ -305,7 +336,7 @@ def test_disk_full_at_each_write_site_names_the_path_and_loses_nothing_written_b
         monkeypatch.setattr(PreTrainedModel, "save_pretrained", save_pretrained)
         expected = run / "model"
     elif site == "reference rows":
-        _fill_disk_at(monkeypatch, "harness.cache", lambda path: ".shard-" in path)
+        _fill_disk_at(monkeypatch, "harness.cache", lambda path: ".safetensors-" in path)
         expected = None  # the shard's final name holds its checksum
     else:  # a cache entry being built: the embedded task's SFT model being saved
         from transformers import PreTrainedModel

@@ -127,3 +127,20 @@ def test_bootstrap_interval_on_real_scores_narrows_with_prompts(judge, embedded)
     few = win_rate(scores[:50], sft[:50])
     many = win_rate(scores, sft)
     assert many.high - many.low < few.high - few.low
+
+
+def test_an_untrained_policy_scores_exactly_the_sft_baseline_on_heldout_pairs(embedded, cache_dir):
+    """The policy's side of held-out preference accuracy is computed as the SFT side is (cached per sequence),
+    so the SFT model as the policy gets log-ratios of exactly 0: accuracy 0.5 and gain 0, not rounding noise."""
+    import methods
+    from evals.evaluate import preference_accuracy
+    from harness.data import PAIRS, prepare_examples
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded.sft_path)
+    model = AutoModelForCausalLM.from_pretrained(embedded.sft_path)
+    examples = prepare_examples(embedded.heldout_pairs[:96], Formatter(tokenizer, 64, 32), {PAIRS}).examples
+    sft_logps, _ = Reference(model, "untrained-policy-test").cached_sequence_logps(
+        examples, tokenizer.pad_token_id, cache_dir)
+    found = preference_accuracy(methods.get("dpo"), model, sft_logps, examples, tokenizer.pad_token_id, batch_size=16)
+    assert found == {"heldout_pref_accuracy": 0.5, "heldout_pref_accuracy_sft": 0.5, "heldout_pref_gain": 0.0}

@@ -208,3 +208,17 @@ def test_a_model_that_ignores_position_ids_is_run_padded():
         got = selected_logps(model, ids, attention, select, pack_rows(lengths, ids.shape[1]))
         want = selected_logps(model, ids, attention, select)
     assert model._harness_packs is False and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("ignores_positions", [False, True])
+def test_packing_is_checked_at_the_precision_the_model_runs_in(ignores_positions):
+    """Under bf16 autocast packed and padded rows differ by bf16's rounding, not by float32's: the check still
+    packs a model that keeps sequences apart, and still refuses one that lets them see each other."""
+    from harness.data import pack_rows
+    from harness.logps import _output_head, packs
+
+    model = build_base_model(build_tokenizer(), seed=6)
+    model = IgnoresPositionIds(model) if ignores_positions else model
+    ids, attention, _, lengths = _varied_batch(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert packs(model, _output_head(model), ids, attention, pack_rows(lengths, ids.shape[1])) is not ignores_positions

@@ -69,7 +69,11 @@ def write(built: dict[str, Path]) -> None:
         write_json_atomic(staging / BUILT.name, {**where_built(), "fingerprints": fingerprints(built),
                                                  "entries": {kind: built[kind].name for kind in KINDS}})
         os.replace(ASSETS, old)
-        os.replace(staging, ASSETS)
+        try:
+            os.replace(staging, ASSETS)
+        except BaseException:
+            os.replace(old, ASSETS)  # the shipped copies back in their place
+            raise
     shutil.rmtree(old, ignore_errors=True)
 
 

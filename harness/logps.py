@@ -141,13 +141,24 @@ def _packed_hidden(model, head, input_ids: torch.Tensor, attention_mask: torch.T
 def packs(model, head, input_ids: torch.Tensor, attention_mask: torch.Tensor, packing: dict) -> bool:
     """Whether `model` computes packed rows as it computes padded ones: checked once per model, on its first
     packed batch (a model that ignores position ids, or builds no block-causal mask from them, would let a
-    sequence see its neighbours)."""
-    inner = model.module if hasattr(model, "module") else model
+    sequence see its neighbours).
+
+    The check's forwards must not be collectives: each process checks on its own batch, at its own step. So
+    under DDP they run on the wrapped module (DDP's own forward broadcasts buffers: one process checking while
+    another trains would pair different collectives, gloo's 'Received data size doesn't match'), and a model
+    sharded over processes (FSDP, DeepSpeed: every forward gathers parameters) is not packed."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        inner = model.module
+    elif hasattr(model, "module") or (torch.distributed.is_available() and torch.distributed.is_initialized()
+                                      and torch.distributed.get_world_size() > 1):
+        return False
+    else:
+        inner = model
     verdict = getattr(inner, "_harness_packs", None)
     if verdict is None:
         with torch.no_grad():
-            padded = _hidden_states(model, head, input_ids=input_ids, attention_mask=attention_mask)
-            packed = _packed_hidden(model, head, input_ids, attention_mask, packing)
+            padded = _hidden_states(inner, head, input_ids=input_ids, attention_mask=attention_mask)
+            packed = _packed_hidden(inner, head, input_ids, attention_mask, packing)
         valid = attention_mask.bool()
         padded, packed = padded[valid].float(), packed[valid].float()
         kind = padded.device.type

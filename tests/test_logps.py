@@ -222,3 +222,35 @@ def test_packing_is_checked_at_the_precision_the_model_runs_in(ignores_positions
     ids, attention, _, lengths = _varied_batch(model)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert packs(model, _output_head(model), ids, attention, pack_rows(lengths, ids.shape[1])) is not ignores_positions
+
+
+def test_the_packing_check_runs_no_collective(monkeypatch):
+    """Each process checks packing on its own first packed batch, so the check must not go through DDP's forward
+    (it broadcasts buffers: one process checking while another trains pairs different collectives, which gloo
+    reported as 'Received data size doesn't match' in a resumed 2-worker trial); a model sharded over processes
+    is not packed at all."""
+    import socket
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from harness.data import pack_rows
+    from harness.logps import _output_head, packs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        model = DistributedDataParallel(build_base_model(build_tokenizer(), seed=6))
+        ids, attention, _, lengths = _varied_batch(model.module)
+        calls = []
+        monkeypatch.setattr(DistributedDataParallel, "forward", lambda self, *a, **k: calls.append(1))
+        assert packs(model, _output_head(model), ids, attention, pack_rows(lengths, ids.shape[1])) is True
+        assert calls == [] and model.module._harness_packs is True  # checked on the wrapped module
+        monkeypatch.setattr(dist, "get_world_size", lambda *a: 2)  # a plain (e.g. FSDP2-sharded) model on 2 processes
+        plain = build_base_model(build_tokenizer(), seed=6)
+        assert packs(plain, _output_head(plain), ids, attention, pack_rows(lengths, ids.shape[1])) is False
+        assert not hasattr(plain, "_harness_packs")
+    finally:
+        dist.destroy_process_group()

@@ -11,7 +11,8 @@ Record schema versions (`schema_version` in record.json):
     4  adds `examples` (a few test outputs with the SFT model's and their scores), `outcomes.<split>.length_diff`
        (policy-minus-SFT length per prompt) and the length-controlled win rate (`metrics.lc_win_rate*`)
     5  adds `tracking` (the W&B mode a run logged in, an offline fallback and where) and
-       `dataset.shipped_assets` (whether an embedded-task run used the assets that ship with the harness)
+       `dataset.shipped_assets` (whether an embedded-task run used the assets that ship with the harness) and
+       `dataset.judge_fingerprint`
 A record of another version, one that is not JSON, or one missing a field is bad input naming the file.
 """
 

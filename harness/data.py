@@ -487,8 +487,10 @@ def prepare_examples(rows: list[dict], formatter: Formatter, consumes: Collectio
 
 # ---------------------------------------------------------------- batching
 
-def collate(examples: list[list[Sequence]], reference: list[list[float]] | None, pad_token_id: int):
-    """Right-padded concatenation of every sequence of every example, with masks, roles and reference log-probs."""
+def collate(examples: list[list[Sequence]], reference: list[list[float]] | None, pad_token_id: int,
+            pack: bool = False):
+    """Right-padded concatenation of every sequence of every example, with masks, roles and reference log-probs;
+    with `pack`, the plan that packs its rows (training batches: harness/logps.py)."""
     import torch
 
     sequences = [seq for example in examples for seq in example]
@@ -514,7 +516,8 @@ def collate(examples: list[list[Sequence]], reference: list[list[float]] | None,
     }
     if reference is not None:
         batch["reference_logps"] = torch.tensor([v for values in reference for v in values], dtype=torch.float32)
-    batch["packing"] = pack_rows([len(p) + len(c) for p, c, _ in sequences], length)
+    if pack:
+        batch["packing"] = pack_rows([len(p) + len(c) for p, c, _ in sequences], length)
     return batch
 
 

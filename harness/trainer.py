@@ -48,7 +48,7 @@ class ExampleDataset(torch.utils.data.Dataset):
 def collate_items(items, pad_token_id: int):
     examples = [example for example, _ in items]
     reference = None if items[0][1] is None else [values for _, values in items]
-    batch = collate(examples, reference, pad_token_id)
+    batch = collate(examples, reference, pad_token_id, pack=True)
     # Rows outside consumed_examples carry NaN; a loader may collate a batch ahead that is never trained on,
     # so the check happens where a batch is used (train_policy), on this flag: no device sync.
     batch["reference_missing"] = reference is not None and any(math.isnan(v) for values in reference for v in values)
@@ -112,9 +112,8 @@ def sequence_logps_of(model, examples, pad_token_id: int, batch_size: int = 64, 
         batches += [same_length[start:start + batch_size] for start in range(0, len(same_length), batch_size)]
     values: list[list[float]] = [[] for _ in examples]
     for indices in tqdm(batches, desc=desc, leave=False):
+        # not packed: a cached row's value must not depend on the rows that shared its batch
         batch = collate([examples[i] for i in indices], None, pad_token_id)
-        # without the packing plan (not a tensor) on purpose: a cached row's value must not depend on the rows
-        # that shared its batch, and packing would make it
         completion, _ = summed_logps(model, {k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)},
                                      with_prompt=False)
         flat = completion.tolist()
